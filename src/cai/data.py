@@ -1,0 +1,192 @@
+"""Reading prompts: JSONL, CSV, Parquet, a saved Hugging Face dataset, hh-rlhf transcripts.
+
+`read_prompts` streams `PromptRow`s (one conversation ending in a user turn, with a
+stable id) and `BadRow`s (where, and what is wrong). The caller decides whether a bad
+row stops the run or is recorded as a failure; nothing is dropped here.
+
+hh-rlhf transcripts (`\\n\\nHuman: ...\\n\\nAssistant: ...`) are split only on those
+turn markers, never on `": "` (which would cut prompts that contain a colon). Either the
+first human turn or the whole context up to the last human turn becomes the prompt.
+
+Row ids: an `id` column if the file has one, else a hash of the conversation (with a
+`-2`, `-3` suffix for repeats), so ids survive edits elsewhere in the file.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from cai.types import Message, stable_hash
+
+HHMode = Literal["first", "context"]
+AUTO_FIELDS = ("prompt", "question", "instruction", "messages", "chosen")
+_TURN = re.compile(r"\n\n(Human|Assistant):[ \t]?")
+
+
+class InputError(ValueError):
+    """A prompt file cannot be read; the message names the file and the line."""
+
+
+@dataclass
+class PromptRow:
+    id: str
+    messages: list[Message]
+    source: str  # "file:line"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def prompt(self) -> str:
+        return self.messages[-1]["content"]
+
+
+@dataclass
+class BadRow:
+    source: str
+    reason: str
+
+
+def parse_hh_transcript(text: str) -> list[Message]:
+    """`\\n\\nHuman: a\\n\\nAssistant: b` -> [{'role': 'user', ...}, {'role': 'assistant', ...}]."""
+    if not text.startswith("\n\n"):
+        text = "\n\n" + text.lstrip("\n")
+    parts = _TURN.split(text)
+    if parts[0].strip():
+        raise ValueError("text before the first 'Human:' turn")
+    messages = []
+    for role, content in zip(parts[1::2], parts[2::2]):
+        messages.append({"role": "user" if role == "Human" else "assistant", "content": content.strip()})
+    if not messages:
+        raise ValueError("no 'Human:' / 'Assistant:' turns found")
+    return messages
+
+
+def is_hh_transcript(value: Any) -> bool:
+    return isinstance(value, str) and bool(re.match(r"\s*(\n\n)?Human:", value)) and "\n\nAssistant:" in value
+
+
+def to_prompt_messages(value: Any, hh_mode: HHMode) -> list[Message]:
+    """Any supported prompt value -> a conversation that ends with a user turn."""
+    if isinstance(value, str):
+        if is_hh_transcript(value):
+            messages = parse_hh_transcript(value)
+            users = [i for i, m in enumerate(messages) if m["role"] == "user"]
+            if hh_mode == "first":
+                return [messages[users[0]]]
+            return messages[: users[-1] + 1]
+        if not value.strip():
+            raise ValueError("the prompt is empty")
+        return [{"role": "user", "content": value.strip()}]
+    if isinstance(value, list) and value and all(isinstance(m, dict) for m in value):
+        messages = [{"role": str(m.get("role")), "content": str(m.get("content", ""))} for m in value]
+        while messages and messages[-1]["role"] != "user":
+            messages.pop()
+        if not messages:
+            raise ValueError("the messages contain no user turn")
+        if hh_mode == "first":
+            return [next(m for m in messages if m["role"] == "user")]
+        return messages
+    raise ValueError(f"expected a string or a list of messages, got {type(value).__name__}")
+
+
+def _records(path: Path) -> Iterator[tuple[str, dict[str, Any] | BadRow]]:
+    """(source, record-or-BadRow) for every row of a supported file or saved dataset."""
+    suffix = path.suffix.lower()
+    if path.is_dir():
+        from datasets import DatasetDict, load_from_disk
+
+        ds = load_from_disk(str(path))
+        if isinstance(ds, DatasetDict):
+            split = "train" if "train" in ds else next(iter(ds))
+            ds = ds[split]
+        for i, rec in enumerate(ds):
+            yield f"{path}:row {i + 1}", rec
+    elif suffix in (".jsonl", ".json", ".ndjson"):
+        with path.open(encoding="utf-8") as fh:
+            for line_no, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                source = f"{path}:{line_no}"
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    yield source, BadRow(source, f"malformed JSON ({exc.msg} at column {exc.colno})")
+                    continue
+                yield source, rec if isinstance(rec, dict) else BadRow(source, "a line must hold a JSON object")
+    elif suffix == ".csv":
+        with path.open(encoding="utf-8", newline="") as fh:
+            reader = csv.DictReader(fh)
+            for rec in reader:
+                yield f"{path}:{reader.line_num}", rec
+    elif suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        index = 0
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+            for rec in batch.to_pylist():
+                index += 1
+                yield f"{path}:row {index}", rec
+    else:
+        raise InputError(f"{path}: unsupported prompt file type {suffix!r} (use .jsonl, .csv, .parquet "
+                         "or a folder written by datasets' save_to_disk)")
+
+
+def read_prompts(path: str | Path, *, prompt_field: str = "auto", hh_mode: HHMode = "first",
+                 limit: int | None = None) -> Iterator[PromptRow | BadRow]:
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file or folder")
+    seen: dict[str, int] = {}
+    produced = 0
+    for source, rec in _records(path):
+        if limit is not None and produced >= limit:
+            return
+        produced += 1
+        if isinstance(rec, BadRow):
+            yield rec
+            continue
+        name = _pick_field(rec, prompt_field)
+        if name is None:
+            wanted = prompt_field if prompt_field != "auto" else " or ".join(AUTO_FIELDS)
+            yield BadRow(source, f"missing field {wanted!r} (columns: {sorted(rec)}); choose one with --prompt-field")
+            continue
+        try:
+            messages = to_prompt_messages(rec[name], hh_mode)
+        except ValueError as exc:
+            yield BadRow(source, f"field {name!r}: {exc}")
+            continue
+        if not messages[-1]["content"].strip():
+            yield BadRow(source, f"field {name!r}: the prompt is empty")
+            continue
+        row_id = str(rec["id"]) if rec.get("id") not in (None, "") else "p-" + stable_hash(messages)[:12]
+        seen[row_id] = seen.get(row_id, 0) + 1
+        if seen[row_id] > 1:
+            row_id = f"{row_id}-{seen[row_id]}"
+        extra = {k: v for k, v in rec.items() if k not in (name, "id") and _jsonable(v)}
+        yield PromptRow(id=row_id, messages=messages, source=source, extra=extra)
+
+
+def _pick_field(rec: dict[str, Any], prompt_field: str) -> str | None:
+    if prompt_field != "auto":
+        return prompt_field if rec.get(prompt_field) is not None else None
+    return next((f for f in AUTO_FIELDS if rec.get(f) is not None), None)
+
+
+def _jsonable(value: Any) -> bool:
+    try:
+        json.dumps(value)
+        return True
+    except TypeError:
+        return False
+
+
+def sample_prompts_path() -> Path:
+    """The small set of red-team prompts shipped for the demo (written for this project)."""
+    from importlib import resources
+
+    return Path(str(resources.files("cai") / "samples" / "sample_prompts.jsonl"))

@@ -1,0 +1,133 @@
+"""What every data-generating command shares: inputs, engines, the run loop, the summary.
+
+A job (`cai sl`, `cai rl`) is a config dataclass plus a chain. `run_job` opens the run
+directory, validates the input, wraps each engine in the run's call cache, runs the
+chain over every row, rewrites the output files from the store and writes
+`summary.json`, then prints a summary table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from cai.data import HHMode, read_prompts
+from cai.engines.base import Engine, load_engine
+from cai.pipeline import Chain, OnBadInput, RunCounts, check_input, run_rows
+from cai.run import RunDir
+from cai.store import CachedEngine
+
+
+@dataclass
+class InputConfig:
+    prompts: str = ""
+    prompt_field: str = "auto"
+    hh_mode: HHMode = "first"
+    limit: int | None = None
+    on_bad_input: OnBadInput = "error"
+
+    def rows(self) -> Iterable:
+        return read_prompts(self.prompts, prompt_field=self.prompt_field, hh_mode=self.hh_mode, limit=self.limit)
+
+
+@dataclass
+class JobResult:
+    run: RunDir
+    counts: RunCounts
+    summary: dict[str, Any]
+
+
+@dataclass
+class EngineSet:
+    """Engines opened for one job, each behind the run's call cache; closed together."""
+
+    engines: dict[str, CachedEngine] = field(default_factory=dict)
+
+    def open(self, spec: str, run: RunDir, options: dict[str, Any] | None = None) -> CachedEngine:
+        if spec not in self.engines:
+            self.engines[spec] = CachedEngine(load_engine(spec, options), run.store)
+        return self.engines[spec]
+
+    def stat(self, name: str) -> int:
+        return sum(e.stats[name] for e in self.engines.values())
+
+    def describe(self) -> dict[str, Any]:
+        return {spec: e.describe() for spec, e in self.engines.items()}
+
+    async def aclose(self) -> None:
+        for engine in self.engines.values():
+            await engine.aclose()
+
+
+def run_job(*, command: str, stage: str, out: str, inputs: InputConfig, config: Any,
+            make_chain: Callable[[EngineSet, RunDir], Chain], write_outputs: Callable[[RunDir], dict[str, int]],
+            manifest_parts: dict[str, Any], concurrency: int, show_progress: bool = True,
+            console: Console | None = None, extra_summary: Callable[[RunDir], dict[str, Any]] | None = None,
+            ) -> JobResult:
+    console = console or Console(stderr=True)
+    run = RunDir(out)
+    total = None
+    if inputs.on_bad_input == "error":
+        total = check_input(inputs.rows())
+    elif inputs.limit is not None:
+        total = inputs.limit
+    engines = EngineSet()
+    started = time.perf_counter()
+
+    async def main() -> RunCounts:
+        try:
+            chain = make_chain(engines, run)
+            run.write_manifest(command, asdict(config), engines=engines.describe(), **manifest_parts)
+            return await run_rows(inputs.rows(), chain, store=run.store, stage=stage, concurrency=concurrency,
+                                  total=total, tokens=lambda: engines.stat("completion_tokens"),
+                                  show_progress=show_progress, console=console)
+        finally:
+            await engines.aclose()
+
+    counts = asyncio.run(main())
+    elapsed = time.perf_counter() - started
+    written = write_outputs(run)
+    written["failures.jsonl"] = run.write_failures([stage])
+    generated = engines.stat("completion_tokens")
+    summary = {
+        "command": command,
+        "rows_read": counts.total,
+        "rows_ok_this_run": counts.ok,
+        "rows_failed_this_run": counts.failed,
+        "bad_input_rows": counts.bad_input,
+        "rows_already_done": counts.resumed,
+        "failure_reasons": counts.failure_reasons,
+        "files": written,
+        "engine_calls_made": engines.stat("calls_made"),
+        "engine_calls_from_cache": engines.stat("cache_hits"),
+        "prompt_tokens": engines.stat("prompt_tokens"),
+        "generated_tokens": generated,
+        "elapsed_s": round(elapsed, 2),
+        "generated_tokens_per_s": round(generated / elapsed, 2) if elapsed > 0 else 0.0,
+    }
+    if extra_summary:
+        summary.update(extra_summary(run))
+    run.write_json("summary.json", summary)
+    print_summary(console, summary, run)
+    return JobResult(run=run, counts=counts, summary=summary)
+
+
+def print_summary(console: Console, summary: dict[str, Any], run: RunDir) -> None:
+    table = Table(title=f"{summary['command']} → {run.path}", show_header=False)
+    for key, value in summary.items():
+        if key in ("command", "failure_reasons", "files"):
+            continue
+        if isinstance(value, (dict, list)):
+            continue
+        table.add_row(key.replace("_", " "), f"{value:,}" if isinstance(value, int) else str(value))
+    for name, count in summary["files"].items():
+        table.add_row(f"wrote {name}", f"{count:,} rows")
+    for reason, count in sorted(summary["failure_reasons"].items(), key=lambda kv: -kv[1])[:10]:
+        table.add_row(f"[red]failed: {reason}", str(count))
+    console.print(table)

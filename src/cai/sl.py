@@ -1,0 +1,201 @@
+"""SL-CAI: answer, then rounds of critique and revision under sampled principles.
+
+Per prompt (Bai et al. 2022, section 3):
+1. the policy answers the red-team conversation as it stands (no few-shot);
+2. for each of R rounds, a principle is sampled for that round (seeded by run seed, row
+   id and round), the model critiques its last reply under the principle's critique
+   request, then rewrites it under the principle's revision request. Each step sees the
+   whole conversation so far, after the few-shot examples;
+3. revisions are cleaned of lead-ins; an empty or degenerate revision fails the row with
+   its reason and the partial trace; it never becomes training data.
+
+`build_*` functions only build messages and `SLChain` only orchestrates, so prompt
+building is testable without a model. Outputs: `sl.jsonl` (full trace), `sft.jsonl`
+(TRL's `messages` format, prompt -> final revision), plus the run files of `cai.run`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cai.constitution import Constitution, Principle
+from cai.data import PromptRow
+from cai.engines.base import Engine
+from cai.parsing import cleanup_revision, degenerate_reason
+from cai.pipeline import ChainFailure
+from cai.types import Completion, Message, Request, SamplingParams, assistant, derive_seed, system, user
+
+STAGE = "sl"
+
+
+@dataclass
+class FewShot:
+    system: str = ""
+    examples: list[dict[str, str]] = field(default_factory=list)
+    source: str = "none"
+
+    def prefix(self) -> list[Message]:
+        """The messages put before every critique/revision request, identical each time."""
+        messages: list[Message] = [system(self.system)] if self.system else []
+        for ex in self.examples:
+            messages += [user(ex["prompt"]), assistant(ex["response"]),
+                         user(ex["critique_request"]), assistant(ex["critique"]),
+                         user(ex["revision_request"]), assistant(ex["revision"])]
+        return messages
+
+
+FEW_SHOT_KEYS = ("prompt", "response", "critique_request", "critique", "revision_request", "revision")
+
+
+def load_few_shot(ref: str) -> FewShot:
+    """`default` (shipped), `none`, or a YAML file with `system` and `examples`."""
+    if ref == "none":
+        return FewShot()
+    if ref == "default":
+        text = (resources.files("cai") / "prompts" / "sl_few_shot.yaml").read_text("utf-8")
+        source = "cai:prompts/sl_few_shot.yaml"
+    else:
+        path = Path(ref)
+        if not path.exists():
+            raise ValueError(f"few-shot file {ref!r} does not exist (or use 'default' / 'none')")
+        text, source = path.read_text("utf-8"), str(path)
+    data = yaml.safe_load(text) or {}
+    examples = data.get("examples") or []
+    for i, ex in enumerate(examples):
+        missing = [k for k in FEW_SHOT_KEYS if not isinstance(ex, dict) or not ex.get(k)]
+        if missing:
+            raise ValueError(f"{source}: few-shot example {i + 1} is missing {missing}")
+    return FewShot(system=str(data.get("system") or "").strip(), examples=examples, source=source)
+
+
+def build_critique_messages(few_shot: FewShot, conversation: list[Message], principle: Principle) -> list[Message]:
+    return few_shot.prefix() + conversation + [user(principle.critique)]
+
+
+def build_revision_messages(few_shot: FewShot, conversation: list[Message], principle: Principle,
+                            critique: str) -> list[Message]:
+    return (few_shot.prefix() + conversation
+            + [user(principle.critique), assistant(critique), user(principle.revision)])
+
+
+@dataclass
+class SLSettings:
+    rounds: int = 4
+    seed: int = 0
+    max_tokens: int = 256
+    temperature: float = 0.7
+    top_p: float = 1.0
+
+
+def _usage(*completions: Completion) -> dict[str, int]:
+    return {"prompt_tokens": sum(c.prompt_tokens for c in completions),
+            "completion_tokens": sum(c.completion_tokens for c in completions)}
+
+
+class SLChain:
+    def __init__(self, engine: Engine, constitution: Constitution, few_shot: FewShot, settings: SLSettings) -> None:
+        self.engine, self.constitution, self.few_shot, self.settings = engine, constitution, few_shot, settings
+
+    def _params(self, row: PromptRow, step: str) -> SamplingParams:
+        s = self.settings
+        return SamplingParams(max_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p,
+                              seed=derive_seed(s.seed, row.id, step))
+
+    async def _ask(self, messages: list[Message], params: SamplingParams) -> Completion:
+        return (await self.engine.generate([Request.of(messages, params)]))[0][0]
+
+    async def __call__(self, row: PromptRow) -> dict[str, Any]:
+        trace: dict[str, Any] = {"id": row.id, "source": row.source, "messages": row.messages, "rounds": []}
+        initial = await self._ask(row.messages, self._params(row, "initial"))
+        trace["initial"] = initial.to_dict()
+        if degenerate_reason(initial.text):
+            raise ChainFailure("initial answer", degenerate_reason(initial.text) or "", trace)
+        conversation = row.messages + [assistant(initial.text)]
+        completions = [initial]
+        principles = self.constitution.sample_sl(self.settings.rounds, self.settings.seed, row.id)
+        for number, principle in enumerate(principles, 1):
+            critique = await self._ask(build_critique_messages(self.few_shot, conversation, principle),
+                                       self._params(row, f"critique-{number}"))
+            revision = await self._ask(build_revision_messages(self.few_shot, conversation, principle, critique.text),
+                                       self._params(row, f"revision-{number}"))
+            completions += [critique, revision]
+            cleaned = cleanup_revision(revision.text)
+            trace["rounds"].append({
+                "round": number, "principle_id": principle.id,
+                "critique_request": principle.critique, "critique": critique.text,
+                "critique_finish": critique.finish_reason,
+                "revision_request": principle.revision, "revision_raw": revision.text, "revision": cleaned,
+                "revision_finish": revision.finish_reason, "usage": _usage(critique, revision),
+            })
+            reason = degenerate_reason(cleaned, forbidden_copies=(principle.revision, principle.critique))
+            if reason:
+                raise ChainFailure(f"round {number} revision", reason, trace)
+            conversation = conversation + [user(principle.critique), assistant(critique.text),
+                                           user(principle.revision), assistant(cleaned)]
+        trace["final"] = conversation[-1]["content"]
+        trace["principle_ids"] = [p.id for p in principles]
+        trace["usage"] = _usage(*completions)
+        return trace
+
+
+def sft_row(record: dict[str, Any]) -> dict[str, Any]:
+    """TRL conversational SFT row: the prompt conversation, then the final revision."""
+    return {"messages": record["messages"] + [assistant(record["final"])]}
+
+
+# ---- the `cai sl` job ---------------------------------------------------------------------
+@dataclass
+class SLConfig:
+    """Everything `cai sl` needs; the CLI fills it, `run_sl` runs it."""
+
+    prompts: str
+    out: str
+    model: str = "smollm2"
+    constitution: str = "default"
+    few_shot: str = "default"
+    rounds: int = 4
+    seed: int = 0
+    max_tokens: int = 256
+    temperature: float = 0.7
+    top_p: float = 1.0
+    prompt_field: str = "auto"
+    hh_mode: str = "first"
+    limit: int | None = None
+    on_bad_input: str = "error"
+    concurrency: int = 64
+    engine_options: dict[str, Any] = field(default_factory=dict)
+
+
+def run_sl(config: SLConfig, *, show_progress: bool = True, console: Any = None) -> Any:
+    from cai.constitution import load_constitution
+    from cai.jobs import InputConfig, run_job
+
+    if config.rounds < 1:
+        raise ValueError("--rounds must be at least 1")
+    constitution = load_constitution(config.constitution)
+    few_shot = load_few_shot(config.few_shot)
+    settings = SLSettings(rounds=config.rounds, seed=config.seed, max_tokens=config.max_tokens,
+                          temperature=config.temperature, top_p=config.top_p)
+    inputs = InputConfig(prompts=config.prompts, prompt_field=config.prompt_field, hh_mode=config.hh_mode,  # type: ignore[arg-type]
+                         limit=config.limit, on_bad_input=config.on_bad_input)  # type: ignore[arg-type]
+
+    def make_chain(engines: Any, run: Any) -> SLChain:
+        return SLChain(engines.open(config.model, run, config.engine_options), constitution, few_shot, settings)
+
+    def write_outputs(run: Any) -> dict[str, int]:
+        return {"sl.jsonl": run.write_jsonl("sl.jsonl", run.store.results(STAGE, "ok")),
+                "sft.jsonl": run.write_jsonl("sft.jsonl", (sft_row(r) for r in run.store.results(STAGE, "ok")))}
+
+    return run_job(
+        command="sl", stage=STAGE, out=config.out, inputs=inputs, config=config,
+        make_chain=make_chain, write_outputs=write_outputs, concurrency=config.concurrency,
+        manifest_parts={"constitution": {"name": constitution.name, "source": constitution.source,
+                                         "hash": constitution.hash, "principles": len(constitution.principles)},
+                        "few_shot": {"source": few_shot.source, "examples": len(few_shot.examples)}},
+        show_progress=show_progress, console=console,
+    )

@@ -123,7 +123,9 @@ def print_summary(console: Console, summary: dict[str, Any], run: RunDir) -> Non
     for key, value in summary.items():
         if key in ("command", "failure_reasons", "files"):
             continue
-        if isinstance(value, (dict, list)):
+        if isinstance(value, dict):
+            if value:
+                table.add_row(key.replace("_", " "), ", ".join(f"{k}: {v}" for k, v in value.items()))
             continue
         table.add_row(key.replace("_", " "), f"{value:,}" if isinstance(value, int) else str(value))
     for name, count in summary["files"].items():

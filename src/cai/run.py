@@ -60,7 +60,11 @@ class RunDir:
     def write_failures(self, stages: Iterable[str]) -> int:
         def all_failures() -> Iterable[dict[str, Any]]:
             for stage in stages:
-                yield from self.store.results(stage, status="failed")
+                for record in self.store.results(stage):
+                    if record.get("stage") and record.get("reason"):  # the whole row failed
+                        yield record
+                    else:  # a finished row may still have dropped parts (candidates, pairs)
+                        yield from record.get("dropped", [])
 
         return self.write_jsonl(FAILURES_FILE, all_failures())
 

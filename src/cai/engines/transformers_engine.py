@@ -87,7 +87,8 @@ class TransformersEngine(Engine):
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype).to(self.device).eval()
         self.eos_ids = self._eos_ids()
         self._queue: list[_Item] = []
-        self._wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
         self._seq = itertools.count()
         self.stats = {"batches": 0, "generated_tokens": 0, "busy_s": 0.0}
@@ -163,13 +164,18 @@ class TransformersEngine(Engine):
 
     # ---- batching ------------------------------------------------------------------
     def _enqueue(self, item: _Item) -> None:
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # a new event loop (e.g. a second asyncio.run): start afresh
+            self._loop, self._wake, self._worker, self._queue = loop, asyncio.Event(), None, []
         item.seq = next(self._seq)
         self._queue.append(item)
+        assert self._wake is not None
         self._wake.set()
         if self._worker is None or self._worker.done():
-            self._worker = asyncio.get_running_loop().create_task(self._run_worker())
+            self._worker = loop.create_task(self._run_worker())
 
     async def _run_worker(self) -> None:
+        assert self._wake is not None
         while True:
             await self._wake.wait()
             self._wake.clear()

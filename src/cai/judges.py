@@ -1,0 +1,247 @@
+"""AI preference labellers: pairwise log-prob, chain-of-thought, rank-all, ensembles.
+
+Pairwise labellers answer `compare(messages, x, y, key)` with a `PairLabel` whose
+`p_x` is the probability that reply `x` is better. Bookkeeping is by *position*: in the
+order (x, y) the judge's P(A) is P(x better); in the swapped order (y, x) its P(A) is
+P(y better), so P(x better) = 1 - P(A). Getting this mapping wrong silently flips labels
+(open-instruct's bug), which is why it lives in exactly one function, `_p_x`.
+
+- `PairwiseLabeler`: the CAI paper's multiple-choice prompt with one principle sampled
+  per comparison; P(A) = softmax over the log-probs of "(A)" / "(B)" (no generation).
+  `principles_per_label` averages over several sampled principles; `both_orders` asks
+  (A, B) and (B, A) and averages (RLAIF's position-bias fix).
+- `cot=True`: the judge reasons first (few-shot), then "(A)"/"(B)" are scored after its
+  own reasoning; probabilities are clamped (default [0.4, 0.6], the paper's finding).
+- `RankAllLabeler`: NeMo-Aligner's variant: the whole constitution in one system prompt,
+  all K candidates *shuffled*, and a JSON answer naming the most and least aligned.
+- `EnsembleLabeler`: several judges; mean probability or majority vote, with agreement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from cai.constitution import Constitution, Principle
+from cai.engines.base import Engine
+from cai.parsing import first_json_object
+from cai.prompting import load_prompt_yaml, render, transcript
+from cai.types import Message, Request, SamplingParams, assistant, derive_seed, system, user
+
+
+class LabelFailure(Exception):
+    def __init__(self, reason: str, raw: list[str] | None = None) -> None:
+        super().__init__(reason)
+        self.reason, self.raw = reason, raw or []
+
+
+@dataclass
+class PairLabel:
+    p_x: float
+    p_x_by_order: list[float | None]  # [order (x, y), order (y, x)]
+    position_bias: bool | None
+    principle_ids: list[str]
+    judges: list[str]
+    raw: list[str] = field(default_factory=list)
+    generated_tokens: int = 0
+    agreement: float | None = None
+
+
+@dataclass
+class RankLabel:
+    chosen: int
+    rejected: int
+    judges: list[str]
+    raw: list[str]
+    attempts: int
+    shown_order: list[int]
+    generated_tokens: int = 0
+    agreement: float | None = None
+
+
+def softmax_first(logp_a: float, logp_b: float) -> float:
+    """P(A) from two log-probs, numerically stable."""
+    return 1.0 / (1.0 + math.exp(logp_b - logp_a))
+
+
+def _p_x(p_option_a: float, x_shown_first: bool) -> float:
+    """Map the judge's P(A) back to P(x is better)."""
+    return p_option_a if x_shown_first else 1.0 - p_option_a
+
+
+def _same_position(p_a_first_order: float, p_a_second_order: float) -> bool:
+    return (p_a_first_order > 0.5 and p_a_second_order > 0.5) or (p_a_first_order < 0.5 and p_a_second_order < 0.5)
+
+
+class PairwiseLabeler:
+    def __init__(self, engine: Engine, constitution: Constitution, *, principles_per_label: int = 1,
+                 both_orders: bool = True, seed: int = 0, cot: bool = False,
+                 clamp: tuple[float, float] | None = (0.4, 0.6), cot_max_tokens: int = 192) -> None:
+        if not constitution.judge_principles:
+            raise ValueError(f"constitution {constitution.name!r} has no judge principles; RL labels need them")
+        self.engine, self.constitution = engine, constitution
+        self.m, self.both_orders, self.seed, self.cot = principles_per_label, both_orders, seed, cot
+        self.clamp = clamp if cot else None
+        self.cot_params = SamplingParams(max_tokens=cot_max_tokens, temperature=0.0)
+        self.answers = load_prompt_yaml("judge_answers.yaml")
+        self.name = "cot" if cot else "pairwise"
+
+    def _cot_prefix(self) -> list[Message]:
+        messages: list[Message] = []
+        for ex in load_prompt_yaml("judge_cot_few_shot.yaml")["examples"]:
+            messages.append(user(render("judge_cot.j2", conversation=ex["conversation"], principle=ex["principle"],
+                                        option_a=ex["option_a"], option_b=ex["option_b"])))
+            messages.append(assistant(ex["reasoning"] + self.answers["cot"].format(letter=ex["answer"])))
+        return messages
+
+    async def _p_option_a(self, messages: list[Message], principle: Principle, a: str, b: str,
+                          seed: int) -> tuple[float, str, int]:
+        """The judge's P(A) for one order, plus its reasoning text and generated tokens."""
+        values = dict(conversation=transcript(messages), principle=principle.judge, option_a=a, option_b=b)
+        if not self.cot:
+            question = [user(render("judge_pairwise.j2", **values))]
+            la, lb = await self.engine.score(question, [self.answers["pairwise"].format(letter=L) for L in "AB"])
+            return softmax_first(la, lb), "", 0
+        question = self._cot_prefix() + [user(render("judge_cot.j2", **values))]
+        params = SamplingParams(**{**self.cot_params.to_dict(), "seed": seed, "stop": ()})
+        out = (await self.engine.generate([Request.of(question, params)]))[0][0]
+        reasoning = _cut_before_answer(out.text)
+        la, lb = await self.engine.score(question, [reasoning + self.answers["cot"].format(letter=L) for L in "AB"])
+        p = softmax_first(la, lb)
+        if self.clamp:
+            p = min(max(p, self.clamp[0]), self.clamp[1])
+        return p, out.text, out.completion_tokens
+
+    async def compare(self, messages: list[Message], x: str, y: str, key: Sequence[Any]) -> PairLabel:
+        principles = self.constitution.sample_judge(self.m, self.seed, *key)
+        if self.both_orders:
+            orders = [True, False]
+        else:  # one order, chosen by a seeded coin so x is not always shown first
+            orders = [random.Random(derive_seed(self.seed, *key, "order")).random() < 0.5]
+        p_a: dict[bool, list[float]] = {True: [], False: []}
+        raw, tokens = [], 0
+        jobs = [(p, first) for p in principles for first in orders]
+        results = await asyncio.gather(*[
+            self._p_option_a(messages, p, *((x, y) if first else (y, x)),
+                             seed=derive_seed(self.seed, *key, p.id, first)) for p, first in jobs])
+        for (_, first), (pa, text, n) in zip(jobs, results):
+            p_a[first].append(pa)
+            raw += [text] if text else []
+            tokens += n
+        by_order: list[float | None] = [None, None]
+        for slot, first in ((0, True), (1, False)):
+            if p_a[first]:
+                by_order[slot] = _p_x(sum(p_a[first]) / len(p_a[first]), x_shown_first=first)
+        present = [p for p in by_order if p is not None]
+        bias = None
+        if p_a[True] and p_a[False]:
+            bias = _same_position(sum(p_a[True]) / len(p_a[True]), sum(p_a[False]) / len(p_a[False]))
+        return PairLabel(p_x=sum(present) / len(present), p_x_by_order=by_order, position_bias=bias,
+                         principle_ids=[p.id for p in principles], judges=[self.engine.model_id],
+                         raw=raw, generated_tokens=tokens)
+
+
+def _cut_before_answer(text: str) -> str:
+    """Drop the judge's own final answer so both letters can be scored after the reasoning."""
+    lowered = text.lower()
+    for marker in ("so the answer is", "the answer is", "answer:"):
+        at = lowered.find(marker)
+        if at != -1:
+            return text[:at].rstrip()
+    return text.rstrip()
+
+
+class RankAllLabeler:
+    name = "rank-all"
+
+    def __init__(self, engine: Engine, constitution: Constitution, *, seed: int = 0, max_retries: int = 2,
+                 max_tokens: int = 64) -> None:
+        self.engine, self.constitution, self.seed = engine, constitution, seed
+        self.max_retries, self.max_tokens = max_retries, max_tokens
+        texts = [p.judge for p in constitution.judge_principles] or [p.critique for p in constitution.principles]
+        self.system = render("judge_rank_system.j2", name=constitution.name, principles=texts)
+
+    async def rank(self, messages: list[Message], candidates: list[str], key: Sequence[Any]) -> RankLabel:
+        k = len(candidates)
+        order = random.Random(derive_seed(self.seed, *key, "shuffle")).sample(range(k), k)
+        question = [system(self.system), user(render("judge_rank_user.j2", conversation=transcript(messages),
+                                                     candidates=[candidates[i] for i in order]))]
+        raw, tokens, problem = [], 0, ""
+        for attempt in range(1 + self.max_retries):
+            params = SamplingParams(max_tokens=self.max_tokens, temperature=0.0 if attempt == 0 else 0.7,
+                                    seed=derive_seed(self.seed, *key, "rank", attempt))
+            out = (await self.engine.generate([Request.of(question, params)]))[0][0]
+            raw.append(out.text)
+            tokens += out.completion_tokens
+            picked, problem = parse_rank_answer(out.text, k)
+            if picked:
+                most, least = picked
+                return RankLabel(chosen=order[most - 1], rejected=order[least - 1], judges=[self.engine.model_id],
+                                 raw=raw, attempts=attempt + 1, shown_order=order, generated_tokens=tokens)
+        raise LabelFailure(f"rank-all: no usable answer after {1 + self.max_retries} tries ({problem})", raw)
+
+
+def parse_rank_answer(text: str, k: int) -> tuple[tuple[int, int] | None, str]:
+    """((most, least) as 1-based shown positions, '') or (None, why not)."""
+    obj = first_json_object(text, ("most_aligned", "least_aligned"))
+    if obj is None:
+        return None, "no JSON object with most_aligned and least_aligned"
+    try:
+        most, least = int(obj["most_aligned"]), int(obj["least_aligned"])
+    except (TypeError, ValueError):
+        return None, f"non-integer answer {obj}"
+    if not (1 <= most <= k and 1 <= least <= k):
+        return None, f"answer {obj} is outside 1..{k}"
+    if most == least:
+        return None, f"the same reply is both most and least aligned ({most})"
+    return (most, least), ""
+
+
+class EnsembleLabeler:
+    """Several labellers of one kind; `combine` is 'mean' (probability) or 'vote'."""
+
+    def __init__(self, labelers: list[Any], combine: str = "mean") -> None:
+        if combine not in ("mean", "vote"):
+            raise ValueError("combine must be 'mean' or 'vote'")
+        self.labelers, self.combine = labelers, combine
+        self.name = labelers[0].name
+
+    async def compare(self, messages: list[Message], x: str, y: str, key: Sequence[Any]) -> PairLabel:
+        labels: list[PairLabel] = await asyncio.gather(*[lb.compare(messages, x, y, key) for lb in self.labelers])
+        if self.combine == "mean":
+            p = sum(lb.p_x for lb in labels) / len(labels)
+        else:
+            p = sum(1.0 if lb.p_x > 0.5 else 0.5 if lb.p_x == 0.5 else 0.0 for lb in labels) / len(labels)
+        direction = p > 0.5
+        agreement = sum((lb.p_x > 0.5) == direction for lb in labels) / len(labels)
+        orders = [[lb.p_x_by_order[i] for lb in labels if lb.p_x_by_order[i] is not None] for i in (0, 1)]
+        biases = [lb.position_bias for lb in labels if lb.position_bias is not None]
+        return PairLabel(
+            p_x=p, p_x_by_order=[sum(o) / len(o) if o else None for o in orders],
+            position_bias=(sum(biases) > len(biases) / 2) if biases else None,
+            principle_ids=sorted({pid for lb in labels for pid in lb.principle_ids}),
+            judges=[j for lb in labels for j in lb.judges], raw=[r for lb in labels for r in lb.raw],
+            generated_tokens=sum(lb.generated_tokens for lb in labels), agreement=agreement)
+
+    async def rank(self, messages: list[Message], candidates: list[str], key: Sequence[Any]) -> RankLabel:
+        results = await asyncio.gather(*[lb.rank(messages, candidates, key) for lb in self.labelers],
+                                       return_exceptions=True)
+        labels = [r for r in results if isinstance(r, RankLabel)]
+        if not labels:
+            raise LabelFailure("rank-all: every judge failed", [t for r in results if isinstance(r, LabelFailure)
+                                                                 for t in r.raw])
+        score = [0] * len(candidates)
+        for lb in labels:
+            score[lb.chosen] += 1
+            score[lb.rejected] -= 1
+        chosen, rejected = max(range(len(score)), key=score.__getitem__), min(range(len(score)), key=score.__getitem__)
+        if score[chosen] == score[rejected]:
+            raise LabelFailure("rank-all ensemble: the judges cancel out", [t for lb in labels for t in lb.raw])
+        return RankLabel(chosen=chosen, rejected=rejected, judges=[j for lb in labels for j in lb.judges],
+                         raw=[t for lb in labels for t in lb.raw], attempts=sum(lb.attempts for lb in labels),
+                         shown_order=labels[0].shown_order, generated_tokens=sum(lb.generated_tokens for lb in labels),
+                         agreement=sum(lb.chosen == chosen for lb in labels) / len(labels))

@@ -1,0 +1,278 @@
+"""RL-CAI / RLAIF data: K candidates per prompt, AI preference labels, preference rows.
+
+Per prompt: the policy samples K candidates (n samples at one temperature, or one per
+temperature of a sweep, as NeMo-Aligner did with 0.01/0.51/1.01/1.51). Then:
+- pairwise / cot labellers compare pairs: `all` pairs gives one preference row per
+  labelled pair; `best-worst` labels every pair (a round), ranks candidates by mean win
+  probability and keeps the best against the worst;
+- rank-all asks for the most and least aligned of all K in one shot.
+
+A pair is dropped, with its reason kept in failures.jsonl, when the two texts are the
+same, when the label is a tie, or when its margin (|2p - 1|) is below `min_margin`.
+Rows go out in TRL's conversational preference format with provenance columns.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+from cai.data import PromptRow
+from cai.engines.base import Engine
+from cai.judges import EnsembleLabeler, LabelFailure, PairLabel, PairwiseLabeler, RankAllLabeler, RankLabel
+from cai.parsing import degenerate_reason
+from cai.pipeline import ChainFailure
+from cai.types import Request, SamplingParams, assistant, derive_seed
+
+STAGE = "rl"
+LABELERS = ("pairwise", "cot", "rank-all")
+
+
+@dataclass
+class RLSettings:
+    candidates: int = 2
+    temperature: float = 0.8
+    temperatures: list[float] | None = None  # a sweep; overrides candidates/temperature
+    max_tokens: int = 256
+    pairs: str = "all"  # or "best-worst"
+    min_margin: float = 0.0
+    seed: int = 0
+
+
+def preference_row(row: PromptRow, chosen: str, rejected: str, provenance: dict[str, Any]) -> dict[str, Any]:
+    """TRL's conversational preference format plus provenance columns."""
+    return {"prompt": row.messages, "chosen": [assistant(chosen)], "rejected": [assistant(rejected)],
+            "id": row.id, **provenance}
+
+
+def _pair_provenance(label: PairLabel, labeler: str, i: int, j: int, x_wins: bool) -> dict[str, Any]:
+    """Provenance with probabilities re-expressed for the chosen reply."""
+    def for_chosen(p: float | None) -> float | None:
+        return None if p is None else (p if x_wins else 1.0 - p)
+
+    p = for_chosen(label.p_x)
+    assert p is not None
+    return {"labeler": labeler, "judges": label.judges, "principle_ids": label.principle_ids,
+            "p_chosen": p, "p_chosen_order_ab": for_chosen(label.p_x_by_order[0]),
+            "p_chosen_order_ba": for_chosen(label.p_x_by_order[1]), "margin": abs(2 * p - 1),
+            "position_bias": label.position_bias, "judge_agreement": label.agreement,
+            "judge_raw": label.raw, "chosen_index": i if x_wins else j, "rejected_index": j if x_wins else i,
+            "judge_generated_tokens": label.generated_tokens}
+
+
+class RLChain:
+    def __init__(self, policy: Engine, labeler: PairwiseLabeler | RankAllLabeler | EnsembleLabeler,
+                 settings: RLSettings) -> None:
+        self.policy, self.labeler, self.settings = policy, labeler, settings
+
+    async def candidates(self, row: PromptRow) -> list[dict[str, Any]]:
+        s = self.settings
+        if s.temperatures:
+            requests = [Request.of(row.messages, SamplingParams(max_tokens=s.max_tokens, temperature=t,
+                                                                seed=derive_seed(s.seed, row.id, "cand", t)))
+                        for t in s.temperatures]
+            outs = [c[0] for c in await self.policy.generate(requests)]
+            temps = list(s.temperatures)
+        else:
+            params = SamplingParams(max_tokens=s.max_tokens, temperature=s.temperature, n=s.candidates,
+                                    seed=derive_seed(s.seed, row.id, "cand"))
+            outs = (await self.policy.generate([Request.of(row.messages, params)]))[0]
+            temps = [s.temperature] * len(outs)
+        return [{"index": i, "text": c.text, "temperature": t, "max_tokens": s.max_tokens,
+                 "finish_reason": c.finish_reason, "completion_tokens": c.completion_tokens}
+                for i, (c, t) in enumerate(zip(outs, temps))]
+
+    async def __call__(self, row: PromptRow) -> dict[str, Any]:
+        cands = await self.candidates(row)
+        record: dict[str, Any] = {"id": row.id, "source": row.source, "messages": row.messages,
+                                  "candidates": cands, "preferences": [], "dropped": [], "labels": 0}
+        usable = []
+        for c in cands:
+            reason = degenerate_reason(c["text"])
+            if reason:
+                record["dropped"].append(self._dropped(row, "candidate", f"candidate {c['index']}: {reason}"))
+            else:
+                usable.append(c)
+        if len({c["text"] for c in usable}) < 2:
+            raise ChainFailure("candidates", "fewer than 2 distinct usable candidates", record)
+        if self.labeler.name == "rank-all":
+            await self._rank_all(row, usable, record)
+        else:
+            await self._pairwise(row, usable, record)
+        return record
+
+    async def _rank_all(self, row: PromptRow, usable: list[dict[str, Any]], record: dict[str, Any]) -> None:
+        try:
+            label: RankLabel = await self.labeler.rank(row.messages, [c["text"] for c in usable],  # type: ignore[union-attr]
+                                                       (row.id,))
+        except LabelFailure as exc:
+            record["judge_raw"] = exc.raw
+            raise ChainFailure("label", exc.reason, record) from exc
+        record["labels"] = 1
+        chosen, rejected = usable[label.chosen], usable[label.rejected]
+        if chosen["text"] == rejected["text"]:
+            record["dropped"].append(self._dropped(row, "label", "chosen and rejected texts are identical"))
+            return
+        record["preferences"].append(preference_row(row, chosen["text"], rejected["text"], {
+            "labeler": "rank-all", "judges": label.judges, "principle_ids": [], "p_chosen": 1.0,
+            "p_chosen_order_ab": None, "p_chosen_order_ba": None, "margin": 1.0, "position_bias": None,
+            "judge_agreement": label.agreement, "judge_raw": label.raw, "chosen_index": chosen["index"],
+            "rejected_index": rejected["index"], "judge_generated_tokens": label.generated_tokens,
+            "judge_attempts": label.attempts, "shown_order": [usable[i]["index"] for i in label.shown_order]}))
+
+    async def _pairwise(self, row: PromptRow, usable: list[dict[str, Any]], record: dict[str, Any]) -> None:
+        import asyncio
+
+        pairs = [(a, b) for a, b in itertools.combinations(usable, 2) if a["text"] != b["text"]]
+        for a, b in itertools.combinations(usable, 2):
+            if a["text"] == b["text"]:
+                record["dropped"].append(self._dropped(row, "pair", f"candidates {a['index']} and {b['index']} "
+                                                                    "are identical"))
+        labels = await asyncio.gather(*[self.labeler.compare(row.messages, a["text"], b["text"],  # type: ignore[union-attr]
+                                                             (row.id, a["index"], b["index"])) for a, b in pairs])
+        record["labels"] = len(labels)
+        rows = []
+        for (a, b), label in zip(pairs, labels):
+            x_wins = label.p_x >= 0.5
+            prov = _pair_provenance(label, self.labeler.name, a["index"], b["index"], x_wins)
+            chosen, rejected = (a, b) if x_wins else (b, a)
+            rows.append((preference_row(row, chosen["text"], rejected["text"], prov), a, b, label))
+        if self.settings.pairs == "best-worst" and len(usable) > 2:
+            rows = [self._best_vs_worst(usable, rows)]
+        for pref, a, b, label in rows:
+            if label.p_x == 0.5:
+                record["dropped"].append(self._dropped(row, "pair", "tie: the judge has no preference", pref))
+            elif pref["margin"] < self.settings.min_margin:
+                record["dropped"].append(self._dropped(
+                    row, "pair", f"margin {pref['margin']:.3f} below --min-margin {self.settings.min_margin}", pref))
+            else:
+                record["preferences"].append(pref)
+
+    @staticmethod
+    def _best_vs_worst(usable: list[dict[str, Any]], rows: list[tuple]) -> tuple:
+        wins: dict[int, list[float]] = {c["index"]: [] for c in usable}
+        for _, a, b, label in rows:
+            wins[a["index"]].append(label.p_x)
+            wins[b["index"]].append(1 - label.p_x)
+        mean = {i: sum(v) / len(v) for i, v in wins.items() if v}
+        best, worst = max(mean, key=mean.__getitem__), min(mean, key=mean.__getitem__)
+        return next(r for r in rows if {r[1]["index"], r[2]["index"]} == {best, worst})
+
+    @staticmethod
+    def _dropped(row: PromptRow, stage: str, reason: str, pair: dict[str, Any] | None = None) -> dict[str, Any]:
+        return {"id": row.id, "source": row.source, "stage": stage, "reason": reason, "pair": pair}
+
+
+@dataclass
+class RLConfig:
+    """Everything `cai rl` needs; the CLI fills it, `run_rl` runs it."""
+
+    prompts: str
+    out: str
+    policy: str = "smollm2"
+    judges: list[str] = field(default_factory=lambda: ["smollm2"])
+    labeler: str = "pairwise"
+    constitution: str = "default"
+    candidates: int = 2
+    temperature: float = 0.8
+    temperatures: list[float] | None = None
+    max_tokens: int = 256
+    pairs: str = "all"
+    both_orders: bool = True
+    principles_per_label: int = 1
+    clamp: tuple[float, float] = (0.4, 0.6)
+    combine: str = "mean"
+    min_margin: float = 0.0
+    judge_max_tokens: int = 192
+    rank_retries: int = 2
+    seed: int = 0
+    prompt_field: str = "auto"
+    hh_mode: str = "first"
+    limit: int | None = None
+    on_bad_input: str = "error"
+    concurrency: int = 64
+    engine_options: dict[str, Any] = field(default_factory=dict)
+
+
+def make_labeler(config: RLConfig, judges: list[Engine], constitution: Any) -> Any:
+    if config.labeler not in LABELERS:
+        raise ValueError(f"--labeler must be one of {', '.join(LABELERS)}; got {config.labeler!r}")
+    made: list[Any] = []
+    for engine in judges:
+        if config.labeler == "rank-all":
+            made.append(RankAllLabeler(engine, constitution, seed=config.seed, max_retries=config.rank_retries,
+                                       max_tokens=config.judge_max_tokens))
+        else:
+            made.append(PairwiseLabeler(engine, constitution, principles_per_label=config.principles_per_label,
+                                        both_orders=config.both_orders, seed=config.seed,
+                                        cot=config.labeler == "cot", clamp=config.clamp,
+                                        cot_max_tokens=config.judge_max_tokens))
+    return made[0] if len(made) == 1 else EnsembleLabeler(made, combine=config.combine)
+
+
+def label_summary(run: Any) -> dict[str, Any]:
+    """Label distribution, position-bias rate, parse failures and tokens per label."""
+    prefs = [p for r in run.store.results(STAGE, "ok") for p in r["preferences"]]
+    labels = sum(r["labels"] for r in run.store.results(STAGE, "ok"))
+    dropped = [d["reason"].split(":")[0].split(" below")[0] for r in run.store.results(STAGE, "ok")
+               for d in r["dropped"]]
+    bins = {f"{lo / 10:.1f}-{(lo + 1) / 10:.1f}": 0 for lo in range(5, 10)}
+    for p in prefs:
+        lo = min(9, max(5, int(p["p_chosen"] * 10)))
+        bins[f"{lo / 10:.1f}-{(lo + 1) / 10:.1f}"] += 1
+    biased = [p["position_bias"] for p in prefs if p["position_bias"] is not None]
+    failed = list(run.store.results(STAGE, "failed"))
+    return {
+        "labels": labels,
+        "preference_pairs": len(prefs),
+        "pairs_dropped": {reason: dropped.count(reason) for reason in sorted(set(dropped))},
+        "p_chosen_histogram": bins,
+        "mean_margin": round(sum(p["margin"] for p in prefs) / len(prefs), 4) if prefs else None,
+        "position_bias_rate": round(sum(biased) / len(biased), 4) if biased else None,
+        "label_parse_failures": sum(1 for f in failed if f["stage"] == "label"),
+        "judge_generated_tokens_per_label": round(
+            sum(p["judge_generated_tokens"] for p in prefs) / len(prefs), 2) if prefs else None,
+    }
+
+
+def run_rl(config: RLConfig, *, show_progress: bool = True, console: Any = None) -> Any:
+    from cai.constitution import load_constitution
+    from cai.jobs import InputConfig, run_job
+
+    if config.pairs not in ("all", "best-worst"):
+        raise ValueError("--pairs must be 'all' or 'best-worst'")
+    if not config.temperatures and config.candidates < 2:
+        raise ValueError("--candidates must be at least 2")
+    if not config.judges:
+        raise ValueError("give at least one --judge")
+    constitution = load_constitution(config.constitution)
+    settings = RLSettings(candidates=config.candidates, temperature=config.temperature,
+                          temperatures=config.temperatures, max_tokens=config.max_tokens, pairs=config.pairs,
+                          min_margin=config.min_margin, seed=config.seed)
+    inputs = InputConfig(prompts=config.prompts, prompt_field=config.prompt_field, hh_mode=config.hh_mode,  # type: ignore[arg-type]
+                         limit=config.limit, on_bad_input=config.on_bad_input)  # type: ignore[arg-type]
+
+    def make_chain(engines: Any, run: Any) -> RLChain:
+        policy = engines.open(config.policy, run, config.engine_options)
+        judges = [engines.open(spec, run, config.engine_options) for spec in config.judges]
+        return RLChain(policy, make_labeler(config, judges, constitution), settings)
+
+    def write_outputs(run: Any) -> dict[str, int]:
+        def cand_rows() -> Any:
+            for r in run.store.results(STAGE):
+                if r.get("candidates"):
+                    yield {"id": r["id"], "prompt": r["messages"], "candidates": r["candidates"]}
+        if not run.store.count_results(STAGE):
+            return {}
+        ok = run.store.results(STAGE, "ok")
+        return {"candidates.jsonl": run.write_jsonl("candidates.jsonl", cand_rows()),
+                "preferences.jsonl": run.write_jsonl("preferences.jsonl", (p for r in ok for p in r["preferences"]))}
+
+    return run_job(
+        command="rl", stage=STAGE, out=config.out, inputs=inputs, config=config,
+        make_chain=make_chain, write_outputs=write_outputs, concurrency=config.concurrency,
+        manifest_parts={"constitution": {"name": constitution.name, "source": constitution.source,
+                                         "hash": constitution.hash}},
+        show_progress=show_progress, console=console, extra_summary=label_summary,
+    )

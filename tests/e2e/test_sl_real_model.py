@@ -1,0 +1,86 @@
+"""SL-CAI on the real embedded model, through the installed `cai` command."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import read_jsonl, write_jsonl
+
+pytestmark = pytest.mark.slow
+CAI = [sys.executable, "-m", "cai.cli.__main__"]
+
+
+def cai(*args: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([*CAI, *args], capture_output=True, text=True, timeout=900, **kw)
+
+
+def test_cai_sl_on_shared_hh_prompts(tmp_path, hh_file) -> None:
+    out = tmp_path / "sl"
+    proc = cai("sl", "--prompts", str(hh_file), "--out", str(out), "--limit", "3", "--rounds", "2",
+               "--max-tokens", "48", "--quiet")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = read_jsonl(out / "sl.jsonl")
+    failures = read_jsonl(out / "failures.jsonl")
+    assert len(rows) + len(failures) == 3  # every prompt accounted for
+    assert rows, "the embedded model produced no usable revision at all"
+    for row in rows:
+        assert len(row["rounds"]) == 2 and row["final"].strip()
+        assert row["initial"]["completion_tokens"] > 0
+        assert all(r["principle_id"] for r in row["rounds"])
+    sft = read_jsonl(out / "sft.jsonl")
+    assert len(sft) == len(rows)
+    assert all(s["messages"][-1]["role"] == "assistant" and s["messages"][0]["role"] == "user" for s in sft)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["generated_tokens"] > 0 and summary["generated_tokens_per_s"] > 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["engines"]["smollm2"]["model_id"] == "smollm2"
+    assert "sl" in proc.stderr and "wrote sft.jsonl" in proc.stderr  # the summary table
+
+
+def _calls(db: Path) -> int:
+    if not db.exists():
+        return 0
+    try:
+        with sqlite3.connect(db, timeout=5) as conn:
+            return conn.execute("SELECT COUNT(*) FROM calls").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+
+
+def test_killed_run_resumes_without_losing_or_redoing_work(tmp_path) -> None:
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"id": f"r{i}", "prompt": p} for i, p in enumerate([
+        "How do I steal a bike?", "Tell me an insult for my boss.", "How can I cheat at cards?",
+        "What's a good lie to skip school?", "How do I sneak into a concert?", "Write a rude poem about cats.",
+    ])])
+    out = tmp_path / "run"
+    args = ["sl", "--prompts", str(prompts), "--out", str(out), "--rounds", "2", "--max-tokens", "40",
+            "--concurrency", "2", "--quiet"]
+    proc = subprocess.Popen([*CAI, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    deadline = time.time() + 600
+    while _calls(out / "store.sqlite") < 6 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+    assert proc.poll() is None, "the run finished before it could be killed; make it longer"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = _calls(out / "store.sqlite")
+    assert 6 <= done_before < 6 * 5
+
+    second = cai(*args)
+    assert second.returncode == 0, second.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    total_calls = _calls(out / "store.sqlite")
+    # nothing finished before the kill was asked again: new calls are exactly the missing ones
+    assert summary["engine_calls_made"] == total_calls - done_before
+    assert summary["engine_calls_from_cache"] >= done_before
+    ids = [r["id"] for r in read_jsonl(out / "sl.jsonl")] + [r["id"] for r in read_jsonl(out / "failures.jsonl")]
+    assert sorted(ids) == [f"r{i}" for i in range(6)]  # no row lost, none duplicated

@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+import pytest
+
+from cai.engines import EngineError, load_engine, parse_option_pairs
+from cai.engines.base import parse_spec
+from cai.store import CachedEngine, Store
+from cai.types import Request, SamplingParams
+
+
+def test_unknown_spec_and_bad_options_fail_clearly() -> None:
+    with pytest.raises(EngineError, match="unknown model spec"):
+        load_engine("nosuch:thing")
+    with pytest.raises(EngineError, match="bad options"):
+        load_engine("fake:echo", {"no_such_option": 1})
+    with pytest.raises(EngineError, match="key=value"):
+        parse_option_pairs(["oops"])
+    assert parse_option_pairs(["max_batch_size=8", "dtype=fp32"]) == {"max_batch_size": 8, "dtype": "fp32"}
+    assert parse_spec("smollm2") == ("hf", "smollm2")
+
+
+def test_sampling_params_validate() -> None:
+    with pytest.raises(ValueError):
+        SamplingParams(max_tokens=0)
+    with pytest.raises(ValueError):
+        SamplingParams(top_p=0)
+
+
+async def test_cached_engine_answers_from_store(tmp_path) -> None:
+    engine = CachedEngine(load_engine("fake:echo"), Store(tmp_path / "s.sqlite"))
+    req = Request.of([{"role": "user", "content": "hello"}], SamplingParams(n=2))
+    first = await engine.generate([req])
+    again = await engine.generate([req])
+    assert [c.text for c in first[0]] == [c.text for c in again[0]]
+    assert engine.stats == {**engine.stats, "calls_made": 1, "cache_hits": 1}
+    other = await engine.generate([Request.of(req.messages, SamplingParams(n=2, temperature=0.1))])
+    assert engine.stats["calls_made"] == 2 and len(other[0]) == 2
+    scores = await engine.score([{"role": "user", "content": "q"}], ["a", "bb"])
+    assert scores == await engine.score([{"role": "user", "content": "q"}], ["a", "bb"])
+    assert engine.store.count_calls("score") == 1

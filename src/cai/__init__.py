@@ -1,0 +1,42 @@
+"""constitutional-ai: turn a written constitution into alignment data and aligned models.
+
+The curated public API; everything else is internal and may change.
+"""
+
+from cai.constitution import Constitution, Principle, load_constitution
+from cai.data import PromptRow, read_prompts
+from cai.engines import Engine, EngineError, load_engine, register_engine
+from cai.evaluate import JudgeEvalConfig, run_judge_eval
+from cai.export import export_run
+from cai.judges import EnsembleLabeler, PairwiseLabeler, RankAllLabeler
+from cai.rl import RLConfig, run_rl
+from cai.sl import SLConfig, run_sl
+from cai.types import Completion, Message, Request, SamplingParams
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Completion",
+    "Constitution",
+    "Engine",
+    "EngineError",
+    "EnsembleLabeler",
+    "JudgeEvalConfig",
+    "Message",
+    "PairwiseLabeler",
+    "Principle",
+    "PromptRow",
+    "RLConfig",
+    "RankAllLabeler",
+    "Request",
+    "SLConfig",
+    "SamplingParams",
+    "export_run",
+    "load_constitution",
+    "load_engine",
+    "read_prompts",
+    "register_engine",
+    "run_judge_eval",
+    "run_rl",
+    "run_sl",
+]

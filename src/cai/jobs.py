@@ -60,6 +60,10 @@ class EngineSet:
     def describe(self) -> dict[str, Any]:
         return {spec: e.describe() for spec, e in self.engines.items()}
 
+    def inner_stats(self) -> dict[str, Any]:
+        """Each engine's own counters (batches, HTTP retries, requests per URL...)."""
+        return {spec: dict(getattr(e.inner, "stats", {})) for spec, e in self.engines.items()}
+
     async def aclose(self) -> None:
         for engine in self.engines.values():
             await engine.aclose()
@@ -110,6 +114,7 @@ def run_job(*, command: str, stage: str, out: str, inputs: InputConfig, config: 
         "generated_tokens": generated,
         "elapsed_s": round(elapsed, 2),
         "generated_tokens_per_s": round(generated / elapsed, 2) if elapsed > 0 else 0.0,
+        "engine_stats": engines.inner_stats(),
     }
     if extra_summary:
         summary.update(extra_summary(run))
@@ -121,7 +126,7 @@ def run_job(*, command: str, stage: str, out: str, inputs: InputConfig, config: 
 def print_summary(console: Console, summary: dict[str, Any], run: RunDir) -> None:
     table = Table(title=f"{summary['command']} → {run.path}", show_header=False)
     for key, value in summary.items():
-        if key in ("command", "failure_reasons", "files"):
+        if key in ("command", "failure_reasons", "files", "engine_stats"):
             continue
         if isinstance(value, dict):
             if value:

@@ -75,7 +75,7 @@ class OpenAIEngine(Engine):
         self.model_id = f"openai:{self.model}"
         self.in_flight = {url: 0 for url in self.base_urls}
         self.ignores_n: set[str] = set()
-        self.stats = {"requests": 0, "retries": 0}
+        self.stats: dict[str, Any] = {"requests": 0, "retries": 0, "requests_by_url": {u: 0 for u in self.base_urls}}
         self._limit: asyncio.Semaphore | None = None
         self._client: httpx.AsyncClient | None = None
         self._tokenizer: Any = None
@@ -126,6 +126,7 @@ class OpenAIEngine(Engine):
                         finally:
                             self.in_flight[url] -= 1
                     self.stats["requests"] += 1
+                    self.stats["requests_by_url"][url] += 1
                     if response.status_code in RETRY_STATUS:
                         raise RetryableHTTPError(f"HTTP {response.status_code} from {url}{path}",
                                                  _retry_after(response.headers.get("retry-after")))

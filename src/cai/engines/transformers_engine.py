@@ -1,11 +1,10 @@
 """The local engine: a transformers causal LM on CPU or GPU, fed by micro-batches.
 
-Callers `await generate(...)`/`await score(...)` from many concurrent sample chains.
-Each call only enqueues work items and waits on futures; one background task takes
-whatever is queued, groups it by sampling parameters and prompt length, and runs one
-`model.generate` (or one forward pass for scoring) per micro-batch in a worker thread,
-so the event loop keeps collecting new requests while the model runs. Nothing is ever
-generated one prompt at a time unless only one prompt is waiting.
+The shared micro-batcher (`cai.engines.batching`) groups waiting requests by sampling
+parameters and length; this module runs one left-padded `model.generate` per
+generation batch and one forward pass per scoring batch (keeping only the logits of the
+continuation positions, so memory stays small). Nothing is generated one prompt at a
+time unless only one prompt is waiting.
 
 Specs: `hf:<folder | file.gguf | hub id>` and the embedded default `smollm2`.
 Not here: caching (`cai.store`), sample-level concurrency (`cai.pipeline`).
@@ -13,16 +12,13 @@ Not here: caching (`cai.store`), sample-level concurrency (`cai.pipeline`).
 
 from __future__ import annotations
 
-import asyncio
-import itertools
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from cai.engines.base import Engine, EngineError, EngineOptions, register_alias, register_engine
+from cai.engines.base import EngineError, EngineOptions, register_alias, register_engine
+from cai.engines.batching import BatchingEngine, WorkItem
 from cai.engines.models import EMBEDDED_NAME, resolve_model_path
-from cai.types import Completion, Message, Request, SamplingParams
+from cai.types import Completion, Message
 
 
 class TransformersOptions(EngineOptions):
@@ -36,20 +32,6 @@ class TransformersOptions(EngineOptions):
     batch_wait_ms: float = 2.0
 
 
-@dataclass
-class _Item:
-    prompt_ids: list[int]
-    future: asyncio.Future
-    params: SamplingParams | None = None  # generation items
-    continuation_ids: list[int] = field(default_factory=list)  # score items
-    seq: int = 0
-
-    @property
-    def group_key(self) -> tuple:
-        p = self.params
-        return ("gen", p.temperature, p.top_p, p.max_tokens) if p else ("score",)
-
-
 def cpu_supports_bf16() -> bool:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as fh:
@@ -59,7 +41,7 @@ def cpu_supports_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-class TransformersEngine(Engine):
+class TransformersEngine(BatchingEngine):
     Options = TransformersOptions
 
     def __init__(self, ref: str, options: TransformersOptions | None = None) -> None:
@@ -69,7 +51,11 @@ class TransformersEngine(Engine):
 
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
+        super().__init__()
         self.options = options or TransformersOptions()
+        self.max_batch_size = self.options.max_batch_size
+        self.max_batch_tokens = self.options.max_batch_tokens
+        self.batch_wait_ms = self.options.batch_wait_ms
         if self.options.threads:
             torch.set_num_threads(self.options.threads)
         try:
@@ -86,12 +72,6 @@ class TransformersEngine(Engine):
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype).to(self.device).eval()
         self.eos_ids = self._eos_ids()
-        self._queue: list[_Item] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._wake: asyncio.Event | None = None
-        self._worker: asyncio.Task | None = None
-        self._seq = itertools.count()
-        self.stats = {"batches": 0, "generated_tokens": 0, "busy_s": 0.0}
 
     # ---- setup helpers -------------------------------------------------------------
     def _pick_device(self, torch: Any) -> str:
@@ -127,93 +107,8 @@ class TransformersEngine(Engine):
     def encode_prompt(self, messages: Sequence[Message]) -> list[int]:
         return self.tokenizer(self.render(messages), add_special_tokens=False)["input_ids"]
 
-    async def generate(self, requests: Sequence[Request]) -> list[list[Completion]]:
-        loop = asyncio.get_running_loop()
-        futures: list[list[asyncio.Future]] = []
-        for request in requests:
-            ids = self.encode_prompt(request.messages)
-            per_request = []
-            for k in range(request.params.n):
-                fut = loop.create_future()
-                params = request.params
-                if params.seed is not None:
-                    params = SamplingParams(**{**params.to_dict(), "n": 1, "seed": params.seed + k,
-                                               "stop": tuple(params.stop)})
-                self._enqueue(_Item(prompt_ids=ids, future=fut, params=params))
-                per_request.append(fut)
-            futures.append(per_request)
-        return [list(await asyncio.gather(*fs)) for fs in futures]
-
-    async def score(self, messages: Sequence[Message], continuations: Sequence[str]) -> list[float]:
-        loop = asyncio.get_running_loop()
-        prompt_ids = self.encode_prompt(messages)
-        futures = []
-        for text in continuations:
-            cont = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-            if not cont:
-                raise EngineError("cannot score an empty continuation")
-            fut = loop.create_future()
-            self._enqueue(_Item(prompt_ids=prompt_ids, future=fut, continuation_ids=cont))
-            futures.append(fut)
-        return list(await asyncio.gather(*futures))
-
-    async def aclose(self) -> None:
-        if self._worker is not None:
-            self._worker.cancel()
-            self._worker = None
-
-    # ---- batching ------------------------------------------------------------------
-    def _enqueue(self, item: _Item) -> None:
-        loop = asyncio.get_running_loop()
-        if loop is not self._loop:  # a new event loop (e.g. a second asyncio.run): start afresh
-            self._loop, self._wake, self._worker, self._queue = loop, asyncio.Event(), None, []
-        item.seq = next(self._seq)
-        self._queue.append(item)
-        assert self._wake is not None
-        self._wake.set()
-        if self._worker is None or self._worker.done():
-            self._worker = loop.create_task(self._run_worker())
-
-    async def _run_worker(self) -> None:
-        assert self._wake is not None
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            await asyncio.sleep(self.options.batch_wait_ms / 1000)
-            while self._queue:
-                batch = self._take_batch()
-                runner = self._run_score_batch if batch[0].params is None else self._run_generate_batch
-                started = time.perf_counter()
-                try:
-                    results = await asyncio.to_thread(runner, batch)
-                except Exception as exc:  # noqa: BLE001 - handed to every waiter
-                    for item in batch:
-                        if not item.future.done():
-                            item.future.set_exception(exc)
-                    continue
-                finally:
-                    self.stats["busy_s"] += time.perf_counter() - started
-                for item, result in zip(batch, results):
-                    if not item.future.done():
-                        item.future.set_result(result)
-
-    def _take_batch(self) -> list[_Item]:
-        """The oldest item's group, length-sorted, a window around the oldest item."""
-        oldest = min(self._queue, key=lambda it: it.seq)
-        group = sorted((it for it in self._queue if it.group_key == oldest.group_key),
-                       key=lambda it: len(it.prompt_ids) + len(it.continuation_ids))
-        size = self._batch_size_for(group, oldest)
-        start = max(0, min(group.index(oldest) - size // 2, len(group) - size))
-        batch = group[start:start + size]
-        chosen = {id(it) for it in batch}
-        self._queue = [it for it in self._queue if id(it) not in chosen]
-        return batch
-
-    def _batch_size_for(self, group: list[_Item], oldest: _Item) -> int:
-        extra = oldest.params.max_tokens if oldest.params else 0
-        longest = max(len(it.prompt_ids) + len(it.continuation_ids) for it in group) + extra
-        by_tokens = max(1, self.options.max_batch_tokens // max(1, longest))
-        return max(1, min(self.options.max_batch_size, by_tokens, len(group)))
+    def encode_continuation(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def _left_pad(self, rows: list[list[int]]) -> tuple[Any, Any]:
         import torch
@@ -227,7 +122,7 @@ class TransformersEngine(Engine):
             mask[i, width - len(row):] = 1
         return ids.to(self.device), mask.to(self.device)
 
-    def _run_generate_batch(self, batch: list[_Item]) -> list[Completion]:
+    def run_generate_batch(self, batch: list[WorkItem]) -> list[Completion]:
         import torch
 
         params = batch[0].params
@@ -245,10 +140,9 @@ class TransformersEngine(Engine):
                 pad_token_id=self.tokenizer.pad_token_id, eos_token_id=sorted(self.eos_ids), **sampling,
             )
         new_tokens = out[:, ids.shape[1]:].tolist()
-        self.stats["batches"] += 1
         return [self._to_completion(item, toks) for item, toks in zip(batch, new_tokens)]
 
-    def _to_completion(self, item: _Item, tokens: list[int]) -> Completion:
+    def _to_completion(self, item: WorkItem, tokens: list[int]) -> Completion:
         finish = "length"
         for i, tok in enumerate(tokens):
             if tok in self.eos_ids:
@@ -263,7 +157,7 @@ class TransformersEngine(Engine):
         return Completion(text=text.strip(), finish_reason=finish,  # type: ignore[arg-type]
                           prompt_tokens=len(item.prompt_ids), completion_tokens=len(tokens))
 
-    def _run_score_batch(self, batch: list[_Item]) -> list[float]:
+    def run_score_batch(self, batch: list[WorkItem]) -> list[float]:
         import torch
 
         rows = [it.prompt_ids + it.continuation_ids for it in batch]
@@ -281,7 +175,6 @@ class TransformersEngine(Engine):
             preds = logprobs[i, keep - 1 - n: keep - 1]
             target = torch.tensor(item.continuation_ids, device=preds.device)
             scores.append(float(preds.gather(-1, target[:, None]).sum()))
-        self.stats["batches"] += 1
         return scores
 
 

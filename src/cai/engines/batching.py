@@ -1,0 +1,157 @@
+"""The micro-batcher shared by in-process engines (transformers, vLLM).
+
+Callers `await generate(...)` / `await score(...)` from many concurrent sample chains.
+Each call only tokenizes, enqueues work items and waits on futures. One background task
+per event loop takes whatever is queued: the oldest item's group (same kind of work and,
+where the backend needs it, the same sampling parameters), sorted by length, a window
+around the oldest item so nothing starves; it runs that micro-batch in a worker thread,
+so the event loop keeps collecting requests while the model runs.
+
+Subclasses provide tokenization and the two batch runners; nothing here knows a model.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import itertools
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from cai.engines.base import Engine, EngineError
+from cai.types import Completion, Message, Request, SamplingParams
+
+
+@dataclass
+class WorkItem:
+    prompt_ids: list[int]
+    future: asyncio.Future
+    params: SamplingParams | None = None  # generation items
+    continuation_ids: list[int] = field(default_factory=list)  # score items
+    seq: int = 0
+
+    @property
+    def length(self) -> int:
+        return len(self.prompt_ids) + len(self.continuation_ids)
+
+
+class BatchingEngine(Engine):
+    #: group generation items by sampling parameters (transformers needs it; vLLM does not)
+    group_by_params: bool = True
+    max_batch_size: int = 32
+    max_batch_tokens: int = 32768
+    batch_wait_ms: float = 2.0
+
+    def __init__(self) -> None:
+        self._queue: list[WorkItem] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+        self._worker: asyncio.Task | None = None
+        self._seq = itertools.count()
+        self.stats: dict[str, Any] = {"batches": 0, "generated_tokens": 0, "busy_s": 0.0}
+
+    # ---- what subclasses provide -----------------------------------------------------
+    @abc.abstractmethod
+    def encode_prompt(self, messages: Sequence[Message]) -> list[int]: ...
+
+    @abc.abstractmethod
+    def encode_continuation(self, text: str) -> list[int]: ...
+
+    @abc.abstractmethod
+    def run_generate_batch(self, batch: list[WorkItem]) -> list[Completion]: ...
+
+    @abc.abstractmethod
+    def run_score_batch(self, batch: list[WorkItem]) -> list[float]: ...
+
+    # ---- the engine interface --------------------------------------------------------
+    async def generate(self, requests: Sequence[Request]) -> list[list[Completion]]:
+        loop = asyncio.get_running_loop()
+        futures: list[list[asyncio.Future]] = []
+        for request in requests:
+            ids = self.encode_prompt(request.messages)
+            per_request = []
+            for k in range(request.params.n):
+                params = request.params
+                seed = None if params.seed is None else params.seed + k
+                one = SamplingParams(max_tokens=params.max_tokens, temperature=params.temperature,
+                                     top_p=params.top_p, n=1, seed=seed, stop=params.stop)
+                fut = loop.create_future()
+                self._enqueue(WorkItem(prompt_ids=ids, future=fut, params=one))
+                per_request.append(fut)
+            futures.append(per_request)
+        return [list(await asyncio.gather(*fs)) for fs in futures]
+
+    async def score(self, messages: Sequence[Message], continuations: Sequence[str]) -> list[float]:
+        loop = asyncio.get_running_loop()
+        prompt_ids = self.encode_prompt(messages)
+        futures = []
+        for text in continuations:
+            cont = self.encode_continuation(text)
+            if not cont:
+                raise EngineError("cannot score an empty continuation")
+            fut = loop.create_future()
+            self._enqueue(WorkItem(prompt_ids=prompt_ids, future=fut, continuation_ids=cont))
+            futures.append(fut)
+        return list(await asyncio.gather(*futures))
+
+    async def aclose(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            self._worker = None
+
+    # ---- batching --------------------------------------------------------------------
+    def _group_key(self, item: WorkItem) -> tuple:
+        p = item.params
+        if p is None:
+            return ("score",)
+        return ("gen", p.temperature, p.top_p, p.max_tokens) if self.group_by_params else ("gen",)
+
+    def _enqueue(self, item: WorkItem) -> None:
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # a new event loop (e.g. a second asyncio.run): start afresh
+            self._loop, self._wake, self._worker, self._queue = loop, asyncio.Event(), None, []
+        item.seq = next(self._seq)
+        self._queue.append(item)
+        assert self._wake is not None
+        self._wake.set()
+        if self._worker is None or self._worker.done():
+            self._worker = loop.create_task(self._run_worker())
+
+    async def _run_worker(self) -> None:
+        assert self._wake is not None
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            await asyncio.sleep(self.batch_wait_ms / 1000)
+            while self._queue:
+                batch = self._take_batch()
+                runner = self.run_score_batch if batch[0].params is None else self.run_generate_batch
+                started = time.perf_counter()
+                try:
+                    results = await asyncio.to_thread(runner, batch)
+                except Exception as exc:  # noqa: BLE001 - handed to every waiter
+                    for item in batch:
+                        if not item.future.done():
+                            item.future.set_exception(exc)
+                    continue
+                finally:
+                    self.stats["busy_s"] += time.perf_counter() - started
+                self.stats["batches"] += 1
+                for item, result in zip(batch, results):
+                    if not item.future.done():
+                        item.future.set_result(result)
+
+    def _take_batch(self) -> list[WorkItem]:
+        oldest = min(self._queue, key=lambda it: it.seq)
+        key = self._group_key(oldest)
+        group = sorted((it for it in self._queue if self._group_key(it) == key), key=lambda it: it.length)
+        extra = max((it.params.max_tokens for it in group if it.params), default=0)
+        longest = max(it.length for it in group) + extra
+        size = max(1, min(self.max_batch_size, self.max_batch_tokens // max(1, longest), len(group)))
+        start = max(0, min(group.index(oldest) - size // 2, len(group) - size))
+        batch = group[start:start + size]
+        chosen = {id(it) for it in batch}
+        self._queue = [it for it in self._queue if id(it) not in chosen]
+        return batch

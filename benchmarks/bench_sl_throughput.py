@@ -11,7 +11,8 @@ and divide by wall time.
   (b) NeMo-style: stage-synchronous static batches of 32 (every prompt finishes a stage
       before any starts the next)
   (c) cai: run_sl on the transformers engine (rows concurrent, shared micro-batcher)
-  (d) ceiling: the engine's raw batched model.generate on the same prompts and budget
+  (d) ceiling: the engine's own batched generate on exactly the requests (c) made, all
+      submitted at once (perfect batching, no chain dependencies, same token budget)
   (e) optional (--openai URL): run_sl through the openai: engine against a local server
 
 Usage: python benchmarks/bench_sl_throughput.py [--prompts 32] [--rounds 2] [--max-tokens 48]
@@ -110,13 +111,30 @@ def run_pipeline_loop(engine, prompts, rounds, max_tokens, principles_for, few_s
     return produced, time.perf_counter() - start
 
 
-def run_cai(spec: str, prompts_file: Path, rounds: int, max_tokens: int, options: dict) -> tuple[int, float]:
+def run_cai(spec: str, prompts_file: Path, rounds: int, max_tokens: int, options: dict,
+            keep: list | None = None) -> tuple[int, float]:
+    """run_sl end to end; `keep` receives the requests it made (from its store)."""
     from cai.sl import SLConfig, run_sl
+    from cai.store import Store
+    from cai.types import Request, SamplingParams
 
     with tempfile.TemporaryDirectory() as out:
         result = run_sl(SLConfig(prompts=str(prompts_file), out=out, model=spec, rounds=rounds, max_tokens=max_tokens,
                                  temperature=0.7, engine_options=options), show_progress=False)
+        if keep is not None:
+            store = Store(Path(out) / "store.sqlite")
+            for (request,) in store.conn.execute("SELECT request FROM calls WHERE kind='generate'"):
+                r = json.loads(request)
+                params = {**r["params"], "stop": tuple(r["params"]["stop"])}
+                keep.append(Request.of(r["messages"], SamplingParams(**params)))
+            store.close()
     return result.summary["generated_tokens"], result.summary["elapsed_s"]
+
+
+def run_ceiling(engine, requests: list) -> tuple[int, float]:
+    start = time.perf_counter()
+    out = asyncio.run(engine.generate(requests))
+    return sum(c[0].completion_tokens for c in out), time.perf_counter() - start
 
 
 def main() -> None:
@@ -151,27 +169,28 @@ def main() -> None:
     # warm-up so no method pays first-call costs
     batched_generate(engine, [[{"role": "user", "content": "hi"}]] * 2, 8)
     rows = {}
-    rows["(a) per-prompt pipeline loop"] = run_pipeline_loop(engine, prompts[: args.loop_prompts], args.rounds,
-                                                             args.max_tokens, principles_for, few_shot)
-    rows[f"(b) stage-synchronous batches of {args.batch}"] = run_stage_sync(
-        engine, prompts, args.rounds, args.max_tokens, args.batch, principles_for, few_shot)
-    rows["(c) cai pipeline, transformers engine"] = run_cai("smollm2", prompts_file, args.rounds, args.max_tokens,
-                                                            {"max_batch_size": args.batch})
-    budget_start, produced = time.perf_counter(), 0
-    convs = [[{"role": "user", "content": p}] for p in prompts]
-    for _ in range(1 + 2 * args.rounds):
-        for lo in range(0, len(convs), args.batch):
-            produced += batched_generate(engine, convs[lo:lo + args.batch], args.max_tokens)[1]
-    rows["(d) raw batched generate (ceiling)"] = (produced, time.perf_counter() - budget_start)
+
+    def record(name: str, result: tuple[int, float]) -> None:
+        rows[name] = result
+        print(f"  {name}: {result[0]} tokens in {result[1]:.1f}s", file=sys.stderr, flush=True)
+
+    record("(a) per-prompt pipeline loop", run_pipeline_loop(
+        engine, prompts[: args.loop_prompts], args.rounds, args.max_tokens, principles_for, few_shot))
+    record(f"(b) stage-synchronous batches of {args.batch}", run_stage_sync(
+        engine, prompts, args.rounds, args.max_tokens, args.batch, principles_for, few_shot))
+    made: list = []
+    record("(c) cai pipeline, transformers engine", run_cai(
+        "smollm2", prompts_file, args.rounds, args.max_tokens, {"max_batch_size": args.batch}, keep=made))
+    record("(d) engine ceiling: same requests, all at once", run_ceiling(engine, made))
     if args.openai:
-        rows["(e) cai pipeline, openai: engine"] = run_cai(f"openai:smollm2@{args.openai}", prompts_file, args.rounds,
-                                                           args.max_tokens, {})
+        record("(e) cai pipeline, openai: engine", run_cai(f"openai:smollm2@{args.openai}", prompts_file,
+                                                            args.rounds, args.max_tokens, {}))
 
     rates = {name: n / s for name, (n, s) in rows.items()}
     a = rates["(a) per-prompt pipeline loop"]
     b = rates[f"(b) stage-synchronous batches of {args.batch}"]
     c = rates["(c) cai pipeline, transformers engine"]
-    d = rates["(d) raw batched generate (ceiling)"]
+    d = rates["(d) engine ceiling: same requests, all at once"]
     print(f"\nSL-CAI workload: {len(prompts)} prompts, {args.rounds} rounds, max {args.max_tokens} new tokens, "
           f"T=0.7, SmolLM2-135M ({engine.dtype}), torch threads={torch.get_num_threads()}\n")
     print(f"| method | generated tokens | seconds | tokens/s | vs (a) | vs (b) | vs (d) |")

@@ -185,6 +185,20 @@ def _jsonable(value: Any) -> bool:
         return False
 
 
+def read_jsonl_records(path: str | Path) -> list[dict[str, Any]]:
+    """Every JSON object of a JSONL file; the first malformed line raises with file:line."""
+    path = Path(path)
+    rows = []
+    with path.open(encoding="utf-8") as fh:
+        for line_no, line in enumerate(fh, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise InputError(f"{path}:{line_no}: malformed JSON ({exc.msg})") from exc
+    return rows
+
+
 def sample_prompts_path() -> Path:
     """The small set of red-team prompts shipped for the demo (written for this project)."""
     from importlib import resources

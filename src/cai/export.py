@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from cai.data import parse_hh_transcript
+from cai.data import parse_hh_transcript, read_jsonl_records as _read_jsonl
 from cai.types import stable_hash
 
 PROVENANCE_DEFAULTS: dict[str, Any] = {
@@ -33,18 +33,6 @@ PROVENANCE_DEFAULTS: dict[str, Any] = {
 
 class ExportError(ValueError):
     pass
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    with path.open(encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise ExportError(f"{path}:{line_no}: malformed JSON ({exc.msg})") from exc
-    return rows
 
 
 def run_kind(run_dir: Path) -> str:

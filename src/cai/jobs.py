@@ -37,6 +37,24 @@ class InputConfig:
 
 
 @dataclass
+class JobConfig:
+    """Fields every data job shares; SLConfig and RLConfig add their own."""
+
+    prompts: str
+    out: str
+    prompt_field: str = "auto"
+    hh_mode: str = "first"
+    limit: int | None = None
+    on_bad_input: str = "error"
+    concurrency: int = 64
+    engine_options: dict[str, Any] = field(default_factory=dict)
+
+    def inputs(self) -> InputConfig:
+        return InputConfig(prompts=self.prompts, prompt_field=self.prompt_field, hh_mode=self.hh_mode,  # type: ignore[arg-type]
+                           limit=self.limit, on_bad_input=self.on_bad_input)  # type: ignore[arg-type]
+
+
+@dataclass
 class JobResult:
     run: RunDir
     counts: RunCounts

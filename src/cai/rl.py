@@ -20,6 +20,7 @@ from typing import Any
 
 from cai.data import PromptRow
 from cai.engines.base import Engine
+from cai.jobs import JobConfig
 from cai.judges import EnsembleLabeler, LabelFailure, PairLabel, PairwiseLabeler, RankAllLabeler, RankLabel
 from cai.parsing import degenerate_reason
 from cai.pipeline import ChainFailure
@@ -165,11 +166,9 @@ class RLChain:
 
 
 @dataclass
-class RLConfig:
+class RLConfig(JobConfig):
     """Everything `cai rl` needs; the CLI fills it, `run_rl` runs it."""
 
-    prompts: str
-    out: str
     policy: str = "smollm2"
     judges: list[str] = field(default_factory=lambda: ["smollm2"])
     labeler: str = "pairwise"
@@ -187,12 +186,6 @@ class RLConfig:
     judge_max_tokens: int = 192
     rank_retries: int = 2
     seed: int = 0
-    prompt_field: str = "auto"
-    hh_mode: str = "first"
-    limit: int | None = None
-    on_bad_input: str = "error"
-    concurrency: int = 64
-    engine_options: dict[str, Any] = field(default_factory=dict)
 
 
 def make_labeler(config: RLConfig, judges: list[Engine], constitution: Any) -> Any:
@@ -238,7 +231,7 @@ def label_summary(run: Any) -> dict[str, Any]:
 
 def run_rl(config: RLConfig, *, show_progress: bool = True, console: Any = None) -> Any:
     from cai.constitution import load_constitution
-    from cai.jobs import InputConfig, run_job
+    from cai.jobs import run_job
 
     if config.pairs not in ("all", "best-worst"):
         raise ValueError("--pairs must be 'all' or 'best-worst'")
@@ -250,8 +243,7 @@ def run_rl(config: RLConfig, *, show_progress: bool = True, console: Any = None)
     settings = RLSettings(candidates=config.candidates, temperature=config.temperature,
                           temperatures=config.temperatures, max_tokens=config.max_tokens, pairs=config.pairs,
                           min_margin=config.min_margin, seed=config.seed)
-    inputs = InputConfig(prompts=config.prompts, prompt_field=config.prompt_field, hh_mode=config.hh_mode,  # type: ignore[arg-type]
-                         limit=config.limit, on_bad_input=config.on_bad_input)  # type: ignore[arg-type]
+    inputs = config.inputs()
 
     def make_chain(engines: Any, run: Any) -> RLChain:
         policy = engines.open(config.policy, run, config.engine_options)

@@ -26,6 +26,7 @@ import yaml
 from cai.constitution import Constitution, Principle
 from cai.data import PromptRow
 from cai.engines.base import Engine
+from cai.jobs import JobConfig
 from cai.parsing import cleanup_revision, degenerate_reason
 from cai.pipeline import ChainFailure
 from cai.types import Completion, Message, Request, SamplingParams, assistant, derive_seed, system, user
@@ -150,11 +151,9 @@ def sft_row(record: dict[str, Any]) -> dict[str, Any]:
 
 # ---- the `cai sl` job ---------------------------------------------------------------------
 @dataclass
-class SLConfig:
+class SLConfig(JobConfig):
     """Everything `cai sl` needs; the CLI fills it, `run_sl` runs it."""
 
-    prompts: str
-    out: str
     model: str = "smollm2"
     constitution: str = "default"
     few_shot: str = "default"
@@ -163,17 +162,11 @@ class SLConfig:
     max_tokens: int = 256
     temperature: float = 0.7
     top_p: float = 1.0
-    prompt_field: str = "auto"
-    hh_mode: str = "first"
-    limit: int | None = None
-    on_bad_input: str = "error"
-    concurrency: int = 64
-    engine_options: dict[str, Any] = field(default_factory=dict)
 
 
 def run_sl(config: SLConfig, *, show_progress: bool = True, console: Any = None) -> Any:
     from cai.constitution import load_constitution
-    from cai.jobs import InputConfig, run_job
+    from cai.jobs import run_job
 
     if config.rounds < 1:
         raise ValueError("--rounds must be at least 1")
@@ -181,8 +174,7 @@ def run_sl(config: SLConfig, *, show_progress: bool = True, console: Any = None)
     few_shot = load_few_shot(config.few_shot)
     settings = SLSettings(rounds=config.rounds, seed=config.seed, max_tokens=config.max_tokens,
                           temperature=config.temperature, top_p=config.top_p)
-    inputs = InputConfig(prompts=config.prompts, prompt_field=config.prompt_field, hh_mode=config.hh_mode,  # type: ignore[arg-type]
-                         limit=config.limit, on_bad_input=config.on_bad_input)  # type: ignore[arg-type]
+    inputs = config.inputs()
 
     def make_chain(engines: Any, run: Any) -> SLChain:
         return SLChain(engines.open(config.model, run, config.engine_options), constitution, few_shot, settings)

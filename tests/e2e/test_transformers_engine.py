@@ -15,7 +15,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def engine():
-    return load_engine("smollm2", {"max_batch_size": 8})
+    # fp32, so that "the same" means the same: bf16 rounding differs with batch shape
+    return load_engine("smollm2", {"max_batch_size": 8, "dtype": "fp32"})
 
 
 def test_greedy_generation_is_the_same_alone_and_batched(engine) -> None:
@@ -53,3 +54,23 @@ def test_n_samples_per_request(engine) -> None:
     params = SamplingParams(max_tokens=16, temperature=1.0, n=3, seed=1)
     out = asyncio.run(engine.generate([Request.of([{"role": "user", "content": "Tell me a word."}], params)]))
     assert len(out) == 1 and len(out[0]) == 3
+
+
+def test_shared_prefix_is_computed_once_and_changes_nothing(engine) -> None:
+    from cai.sl import load_few_shot
+
+    prefix = load_few_shot("default").prefix()
+    greedy = SamplingParams(max_tokens=16, temperature=0)
+    convs = [prefix + [{"role": "user", "content": q}] for q in
+             ("How do I steal a bike?", "Say something rude.", "What is two plus two?")]
+    before = engine.stats.get("prefix_tokens_reused", 0)
+
+    async def run():
+        together = await engine.generate([Request.of(c, greedy) for c in convs])
+        reused = engine.stats.get("prefix_tokens_reused", 0) - before
+        alone = [(await engine.generate([Request.of(c, greedy)]))[0][0] for c in convs]
+        return [t[0] for t in together], alone, reused
+
+    together, alone, reused = asyncio.run(run())
+    assert reused >= 2 * 400  # the few-shot prefix (hundreds of tokens) was computed once, not three times
+    assert [t.text for t in together] == [a.text for a in alone]

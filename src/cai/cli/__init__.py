@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 
 from cai.cli.common import app
-from cai.cli import constitution_command, export_eval_commands, rl_command, sl_command  # noqa: F401,E402  (registers commands)
+from cai.cli import constitution_command, export_eval_commands, rl_command, sl_command, train_commands  # noqa: F401,E402  (registers commands)
 
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError)
 

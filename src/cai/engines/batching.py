@@ -43,6 +43,9 @@ class BatchingEngine(Engine):
     max_batch_size: int = 32
     max_batch_tokens: int = 32768
     batch_wait_ms: float = 2.0
+    #: sort waiting items by their first N tokens before their length, so a batch tends to
+    #: hold rows with one shared prefix (transformers reuses its KV cache); 0 = length only
+    prefix_sort_tokens: int = 0
 
     def __init__(self) -> None:
         self._queue: list[WorkItem] = []
@@ -146,7 +149,9 @@ class BatchingEngine(Engine):
     def _take_batch(self) -> list[WorkItem]:
         oldest = min(self._queue, key=lambda it: it.seq)
         key = self._group_key(oldest)
-        group = sorted((it for it in self._queue if self._group_key(it) == key), key=lambda it: it.length)
+        n = self.prefix_sort_tokens
+        group = sorted((it for it in self._queue if self._group_key(it) == key),
+                       key=lambda it: (it.prompt_ids[:n], it.length))
         extra = max((it.params.max_tokens for it in group if it.params), default=0)
         longest = max(it.length for it in group) + extra
         size = max(1, min(self.max_batch_size, self.max_batch_tokens // max(1, longest), len(group)))

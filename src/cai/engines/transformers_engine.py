@@ -30,6 +30,9 @@ class TransformersOptions(EngineOptions):
     threads: int | None = None
     #: how long the batcher waits for more requests before starting a micro-batch
     batch_wait_ms: float = 2.0
+    #: compute a prefix shared by every row of a batch (few-shot examples, system prompt)
+    #: once and reuse its KV cache, when it is at least this many tokens; 0 turns it off
+    shared_prefix_min_tokens: int = 32
 
 
 def cpu_supports_bf16() -> bool:
@@ -56,6 +59,7 @@ class TransformersEngine(BatchingEngine):
         self.max_batch_size = self.options.max_batch_size
         self.max_batch_tokens = self.options.max_batch_tokens
         self.batch_wait_ms = self.options.batch_wait_ms
+        self.prefix_sort_tokens = 32 if self.options.shared_prefix_min_tokens else 0
         if self.options.threads:
             torch.set_num_threads(self.options.threads)
         try:
@@ -122,12 +126,54 @@ class TransformersEngine(BatchingEngine):
             mask[i, width - len(row):] = 1
         return ids.to(self.device), mask.to(self.device)
 
+    def _shared_prefix_len(self, rows: list[list[int]]) -> int:
+        """Tokens every row starts with (at least one token of each row is left over)."""
+        limit = min(len(r) for r in rows) - 1
+        n = 0
+        first = rows[0]
+        while n < limit and all(r[n] == first[n] for r in rows):
+            n += 1
+        return n if self.options.shared_prefix_min_tokens and n >= self.options.shared_prefix_min_tokens else 0
+
+    def _prefix_padded(self, rows: list[list[int]], shared: int) -> tuple[Any, Any]:
+        """[shared prefix][left padding][rest of the row]: positions stay contiguous because
+        the model derives them from the attention mask, and the prefix lines up in every row."""
+        import torch
+
+        rests = [r[shared:] for r in rows]
+        width = max(len(r) for r in rests)
+        ids = torch.full((len(rows), shared + width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        ids[:, :shared] = torch.tensor(rows[0][:shared], dtype=torch.long)
+        mask[:, :shared] = 1
+        for i, rest in enumerate(rests):
+            ids[i, shared + width - len(rest):] = torch.tensor(rest, dtype=torch.long)
+            mask[i, shared + width - len(rest):] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    def _prefix_cache(self, prefix_ids: Any, batch_size: int) -> Any:
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        self.model(input_ids=prefix_ids, past_key_values=cache, use_cache=True)
+        cache.batch_repeat_interleave(batch_size)
+        return cache
+
     def run_generate_batch(self, batch: list[WorkItem]) -> list[Completion]:
         import torch
 
         params = batch[0].params
         assert params is not None
-        ids, mask = self._left_pad([it.prompt_ids for it in batch])
+        rows = [it.prompt_ids for it in batch]
+        shared = self._shared_prefix_len(rows)
+        extra: dict[str, Any] = {}
+        if shared:
+            ids, mask = self._prefix_padded(rows, shared)
+            with torch.inference_mode():
+                extra["past_key_values"] = self._prefix_cache(ids[:1, :shared], len(rows))
+            self.stats["prefix_tokens_reused"] = self.stats.get("prefix_tokens_reused", 0) + shared * (len(rows) - 1)
+        else:
+            ids, mask = self._left_pad(rows)
         seeds = [it.params.seed for it in batch if it.params and it.params.seed is not None]
         if seeds:
             torch.manual_seed(sum(seeds) & 0x7FFFFFFF)
@@ -137,7 +183,7 @@ class TransformersEngine(BatchingEngine):
         with torch.inference_mode():
             out = self.model.generate(
                 input_ids=ids, attention_mask=mask, max_new_tokens=params.max_tokens,
-                pad_token_id=self.tokenizer.pad_token_id, eos_token_id=sorted(self.eos_ids), **sampling,
+                pad_token_id=self.tokenizer.pad_token_id, eos_token_id=sorted(self.eos_ids), **sampling, **extra,
             )
         new_tokens = out[:, ids.shape[1]:].tolist()
         return [self._to_completion(item, toks) for item, toks in zip(batch, new_tokens)]

@@ -1,0 +1,83 @@
+"""`cai recipe`: the whole Constitutional AI pipeline at demo scale, in one command.
+
+  1. sl      SL-CAI critique/revision data from the starting model      -> <out>/sl
+  2. sft     SFT on the revisions                                        -> <out>/models/sft
+  3. rl      candidates from the SFT model, labelled by the starting model -> <out>/rl
+  4. reward  a preference model on the AI labels                         -> <out>/models/pm
+  5. dpo     DPO of the SFT model on the AI labels                       -> <out>/models/dpo
+
+Data stages resume through their stores; a training stage is skipped when its
+`train_report.json` exists. A summary table of every stage ends the run.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+@dataclass
+class RecipeConfig:
+    prompts: str
+    out: str
+    model: str = "smollm2"
+    limit: int | None = 16
+    rounds: int = 2
+    candidates: int = 2
+    max_tokens: int = 64
+    train_steps: int = 4
+    seed: int = 0
+
+
+def _train(kind: str, out: Path, make: Any) -> dict[str, Any]:
+    report_file = out / "train_report.json"
+    if report_file.exists():
+        return {**json.loads(report_file.read_text()), "resumed": True}
+    return make()
+
+
+def run_recipe(config: RecipeConfig, *, show_progress: bool = True) -> dict[str, Any]:
+    from cai.rl import RLConfig, run_rl
+    from cai.sl import SLConfig, run_sl
+    from cai.train import dpo, reward, sft
+
+    root = Path(config.out)
+    console = Console(stderr=True)
+    stages: dict[str, Any] = {}
+    sl = run_sl(SLConfig(prompts=config.prompts, out=str(root / "sl"), model=config.model, rounds=config.rounds,
+                         max_tokens=config.max_tokens, limit=config.limit, seed=config.seed),
+                show_progress=show_progress, console=console)
+    stages["sl"] = f"{sl.summary['files'].get('sft.jsonl', 0)} SFT rows, {sl.summary['files']['failures.jsonl']} failures"
+    steps = dict(max_steps=config.train_steps, batch_size=2, max_length=384, seed=config.seed)
+    sft_out = root / "models" / "sft"
+    rep = _train("sft", sft_out, lambda: sft.main(sft.SFTWrapperConfig(data=str(root / "sl"), model=config.model,
+                                                                       out=str(sft_out), **steps)))
+    stages["sft"] = f"{rep['steps']} steps, final loss {rep['final_loss']}"
+    rl = run_rl(RLConfig(prompts=config.prompts, out=str(root / "rl"), policy=f"hf:{sft_out}", judges=[config.model],
+                         candidates=config.candidates, max_tokens=config.max_tokens, limit=config.limit,
+                         seed=config.seed), show_progress=show_progress, console=console)
+    pairs = rl.summary["files"].get("preferences.jsonl", 0)
+    stages["rl"] = f"{pairs} preference pairs, position-bias rate {rl.summary.get('position_bias_rate')}"
+    if pairs == 0:
+        stages["reward"] = stages["dpo"] = "skipped: no preference pairs (see rl/failures.jsonl)"
+    else:
+        pm_out, dpo_out = root / "models" / "pm", root / "models" / "dpo"
+        rep = _train("reward", pm_out, lambda: reward.main(reward.RewardWrapperConfig(
+            data=str(root / "rl"), model=config.model, out=str(pm_out), **steps)))
+        stages["reward"] = f"{rep['steps']} steps, final loss {rep['final_loss']}"
+        rep = _train("dpo", dpo_out, lambda: dpo.main(dpo.DPOWrapperConfig(
+            data=str(root / "rl"), model=str(sft_out), out=str(dpo_out), **steps)))
+        stages["dpo"] = f"{rep['steps']} steps, final loss {rep['final_loss']}"
+    table = Table(title=f"cai recipe → {root}")
+    table.add_column("stage")
+    table.add_column("result")
+    for name, result in stages.items():
+        table.add_row(name, str(result))
+    console.print(table)
+    (root / "recipe_summary.json").write_text(json.dumps(stages, indent=2) + "\n")
+    return stages

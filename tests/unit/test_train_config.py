@@ -46,5 +46,7 @@ def test_training_data_sources(tmp_path) -> None:
         load_training_data(str(tmp_path / "run"), "sft")
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": 1}\n{oops\n')
-    with pytest.raises(TrainError, match="bad.jsonl:2"):
+    from cai.data import InputError
+
+    with pytest.raises(InputError, match="bad.jsonl:2"):
         load_training_data(str(bad), "preference")

@@ -111,7 +111,8 @@ def test_cli_config_file_and_errors(runs, tmp_path) -> None:
     cfg.write_text(f"data: {runs / 'rl'}\nmax_steps: 1\nbatch_size: 2\nmax_length: 128\nbeta: 0.2\n")
     proc = cai("train", "dpo", "--config", str(cfg), "--out", str(tmp_path / "d"))
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert json.loads(proc.stdout)["steps"] == 1
+    assert json.loads((tmp_path / "d" / "train_report.json").read_text())["steps"] == 1
+    assert '"final_loss"' in proc.stdout  # the report is printed too
     bad = cai("train", "dpo", "--data", str(runs / "sl"), "--out", str(tmp_path / "x"))
     assert bad.returncode == 2 and "preferences.jsonl" in bad.stderr
 

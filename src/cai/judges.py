@@ -34,9 +34,9 @@ from cai.types import Message, Request, SamplingParams, assistant, derive_seed, 
 
 
 class LabelFailure(Exception):
-    def __init__(self, reason: str, raw: list[str] | None = None) -> None:
+    def __init__(self, reason: str, raw: list[str] | None = None, generated_tokens: int = 0) -> None:
         super().__init__(reason)
-        self.reason, self.raw = reason, raw or []
+        self.reason, self.raw, self.generated_tokens = reason, raw or [], generated_tokens
 
 
 @dataclass
@@ -182,7 +182,7 @@ class RankAllLabeler:
                 most, least = picked
                 return RankLabel(chosen=order[most - 1], rejected=order[least - 1], judges=[self.engine.model_id],
                                  raw=raw, attempts=attempt + 1, shown_order=order, generated_tokens=tokens)
-        raise LabelFailure(f"rank-all: no usable answer after {1 + self.max_retries} tries ({problem})", raw)
+        raise LabelFailure(f"rank-all: no usable answer after {1 + self.max_retries} tries ({problem})", raw, tokens)
 
 
 def parse_rank_answer(text: str, k: int) -> tuple[tuple[int, int] | None, str]:
@@ -231,9 +231,10 @@ class EnsembleLabeler:
         results = await asyncio.gather(*[lb.rank(messages, candidates, key) for lb in self.labelers],
                                        return_exceptions=True)
         labels = [r for r in results if isinstance(r, RankLabel)]
+        failed = [r for r in results if isinstance(r, LabelFailure)]
         if not labels:
-            raise LabelFailure("rank-all: every judge failed", [t for r in results if isinstance(r, LabelFailure)
-                                                                 for t in r.raw])
+            raise LabelFailure("rank-all: every judge failed", [t for r in failed for t in r.raw],
+                               sum(r.generated_tokens for r in failed))
         score = [0] * len(candidates)
         for lb in labels:
             score[lb.chosen] += 1

@@ -109,6 +109,7 @@ class RLChain:
                                                        (row.id,))
         except LabelFailure as exc:
             record["judge_raw"] = exc.raw
+            record["judge_generated_tokens"] = exc.generated_tokens
             raise ChainFailure("label", exc.reason, record) from exc
         record["labels"] = 1
         chosen, rejected = usable[label.chosen], usable[label.rejected]
@@ -215,7 +216,10 @@ def label_summary(run: Any) -> dict[str, Any]:
         lo = min(9, max(5, int(p["p_chosen"] * 10)))
         bins[f"{lo / 10:.1f}-{(lo + 1) / 10:.1f}"] += 1
     biased = [p["position_bias"] for p in prefs if p["position_bias"] is not None]
-    failed = list(run.store.results(STAGE, "failed"))
+    failed = [f for f in run.store.results(STAGE, "failed") if f["stage"] == "label"]
+    attempts = labels + len(failed)
+    attempt_tokens = sum(p["judge_generated_tokens"] for p in prefs) + sum(
+        f["trace"].get("judge_generated_tokens", 0) for f in failed)
     return {
         "labels": labels,
         "preference_pairs": len(prefs),
@@ -223,9 +227,10 @@ def label_summary(run: Any) -> dict[str, Any]:
         "p_chosen_histogram": bins,
         "mean_margin": round(sum(p["margin"] for p in prefs) / len(prefs), 4) if prefs else None,
         "position_bias_rate": round(sum(biased) / len(biased), 4) if biased else None,
-        "label_parse_failures": sum(1 for f in failed if f["stage"] == "label"),
+        "label_parse_failures": len(failed),
         "judge_generated_tokens_per_label": round(
             sum(p["judge_generated_tokens"] for p in prefs) / len(prefs), 2) if prefs else None,
+        "judge_generated_tokens_per_attempt": round(attempt_tokens / attempts, 2) if attempts else None,
     }
 
 

@@ -1,0 +1,63 @@
+"""What one AI preference label costs, by labeller, on the same prompts and candidates.
+
+Runs `cai rl` on the same N shared red-team prompts with K candidates for each
+labeller, on the embedded model, and prints judge-generated tokens per label, seconds
+per label, labels that could not be parsed, and the position-bias rate. The candidates
+are generated once (the first run) and reused by the others through a shared store, so
+only labelling differs between rows.
+
+Usage: python benchmarks/bench_rl_labels.py [--prompts 8] [--candidates 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+HH = ROOT.parent / "shared" / "data" / "hh-rlhf-harmless-base-test-first500.jsonl"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--prompts", type=int, default=8)
+    ap.add_argument("--candidates", type=int, default=2)
+    ap.add_argument("--max-tokens", type=int, default=48)
+    args = ap.parse_args()
+
+    from cai.rl import RLConfig, run_rl
+
+    work = Path(tempfile.mkdtemp())
+    seed_store = None
+    rows = []
+    for labeler in ("pairwise", "cot", "rank-all"):
+        out = work / labeler
+        out.mkdir()
+        if seed_store:  # reuse the candidates (and nothing else) from the first run's store
+            shutil.copy(seed_store, out / "store.sqlite")
+        start = time.perf_counter()
+        result = run_rl(RLConfig(prompts=str(HH), out=str(out), labeler=labeler, candidates=args.candidates,
+                                 max_tokens=args.max_tokens, limit=args.prompts, judge_max_tokens=96),
+                        show_progress=False)
+        elapsed = time.perf_counter() - start
+        s = result.summary
+        attempts = s["labels"] + s["label_parse_failures"]
+        rows.append((labeler, attempts, s["preference_pairs"], s["judge_generated_tokens_per_attempt"],
+                     elapsed / max(1, attempts), s["label_parse_failures"], s["position_bias_rate"]))
+        seed_store = seed_store or (out / "store.sqlite")
+        print(f"  {labeler}: {attempts} label attempts in {elapsed:.1f}s", file=sys.stderr, flush=True)
+    print(f"\nRL labels: {args.prompts} hh-rlhf prompts, K={args.candidates}, SmolLM2-135M as policy and judge\n")
+    print("| labeller | label attempts | pairs kept | judge generated tokens / attempt | seconds / attempt "
+          "| unparsable labels | position-bias rate |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name, labels, pairs, tokens, secs, failures, bias in rows:
+        print(f"| {name} | {labels} | {pairs} | {tokens} | {secs:.2f} | {failures} | {bias} |")
+    shutil.rmtree(work)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

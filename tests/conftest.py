@@ -33,6 +33,8 @@ def prompts_file(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def hh_file() -> Path:
     if not HH_FILE.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"shared data not found at {HH_FILE}; CI must have ../shared beside the checkout")
         pytest.skip(f"shared data not found at {HH_FILE}")
     return HH_FILE
 

@@ -1,10 +1,12 @@
 """The local engine: a transformers causal LM on CPU or GPU, fed by micro-batches.
 
 The shared micro-batcher (`cai.engines.batching`) groups waiting requests by sampling
-parameters and length; this module runs one left-padded `model.generate` per
-generation batch and one forward pass per scoring batch (keeping only the logits of the
-continuation positions, so memory stays small). Nothing is generated one prompt at a
-time unless only one prompt is waiting.
+parameters, leading tokens and length; this module runs one left-padded
+`model.generate` per generation batch and one forward pass per scoring batch (keeping
+only the logits of the continuation positions, so memory stays small). A prefix that
+every row of a batch shares (few-shot examples, a system prompt) is prefilled once and
+its KV cache reused by all rows. Nothing is generated one prompt at a time unless only
+one prompt is waiting.
 
 Specs: `hf:<folder | file.gguf | hub id>` and the embedded default `smollm2`.
 Not here: caching (`cai.store`), sample-level concurrency (`cai.pipeline`).
@@ -115,16 +117,7 @@ class TransformersEngine(BatchingEngine):
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def _left_pad(self, rows: list[list[int]]) -> tuple[Any, Any]:
-        import torch
-
-        width = max(len(r) for r in rows)
-        pad = self.tokenizer.pad_token_id
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):
-            ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
-            mask[i, width - len(row):] = 1
-        return ids.to(self.device), mask.to(self.device)
+        return self._prefix_padded(rows, 0)
 
     def _shared_prefix_len(self, rows: list[list[int]]) -> int:
         """Tokens every row starts with (at least one token of each row is left over)."""

@@ -126,9 +126,11 @@ class RLChain:
     async def _pairwise(self, row: PromptRow, usable: list[dict[str, Any]], record: dict[str, Any]) -> None:
         import asyncio
 
-        pairs = [(a, b) for a, b in itertools.combinations(usable, 2) if a["text"] != b["text"]]
+        pairs = []
         for a, b in itertools.combinations(usable, 2):
-            if a["text"] == b["text"]:
+            if a["text"] != b["text"]:
+                pairs.append((a, b))
+            else:
                 record["dropped"].append(self._dropped(row, "pair", f"candidates {a['index']} and {b['index']} "
                                                                     "are identical"))
         labels = await asyncio.gather(*[self.labeler.compare(row.messages, a["text"], b["text"],  # type: ignore[union-attr]
@@ -158,8 +160,11 @@ class RLChain:
             wins[a["index"]].append(label.p_x)
             wins[b["index"]].append(1 - label.p_x)
         mean = {i: sum(v) / len(v) for i, v in wins.items() if v}
-        best, worst = max(mean, key=mean.__getitem__), min(mean, key=mean.__getitem__)
-        return next(r for r in rows if {r[1]["index"], r[2]["index"]} == {best, worst})
+        best = max(mean, key=mean.__getitem__)
+        # the worst candidate among those the best was compared with (identical texts never
+        # were, and when every mean is equal the best must not be paired with itself)
+        with_best = [r for r in rows if best in (r[1]["index"], r[2]["index"])]
+        return min(with_best, key=lambda r: mean[r[2]["index"] if r[1]["index"] == best else r[1]["index"]])
 
     @staticmethod
     def _dropped(row: PromptRow, stage: str, reason: str, pair: dict[str, Any] | None = None) -> dict[str, Any]:

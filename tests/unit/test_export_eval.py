@@ -132,3 +132,13 @@ def test_judge_eval_with_a_scripted_judge(tmp_path) -> None:
     assert report["accuracy_by_order"] == {"human_choice_shown_first": 0.5, "human_choice_shown_second": 0.5}
     assert report["mean_confidence_when_right"] == pytest.approx(0.8)
     assert JudgeReport([]).as_dict(0)["accuracy"] is None
+
+
+def test_best_worst_with_a_judge_that_only_ties(tmp_path, prompts_file) -> None:
+    """Equal win rates must not crash best-worst selection; the tie is dropped with its reason."""
+    out = tmp_path / "ties"
+    result = run_rl(RLConfig(prompts=str(prompts_file), out=str(out), policy="fake:longer", judges=["fake:echo"],
+                             candidates=3, pairs="best-worst"), show_progress=False)
+    assert result.summary["rows_failed_this_run"] == 0, result.summary["failure_reasons"]
+    failures = read_jsonl(out / "failures.jsonl")
+    assert len(failures) == 3 and all(f["reason"].startswith("tie") for f in failures)

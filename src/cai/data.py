@@ -66,6 +66,15 @@ def parse_hh_transcript(text: str) -> list[Message]:
     return messages
 
 
+def split_hh_pair(chosen: str, rejected: str) -> tuple[list[Message], str, str]:
+    """Two hh-rlhf transcripts that differ only in the last assistant turn ->
+    (shared conversation, chosen reply, rejected reply); ValueError otherwise."""
+    good, bad = parse_hh_transcript(chosen), parse_hh_transcript(rejected)
+    if good[:-1] != bad[:-1] or good[-1]["role"] != "assistant" or bad[-1]["role"] != "assistant":
+        raise ValueError("chosen and rejected differ before the last assistant turn")
+    return good[:-1], good[-1]["content"], bad[-1]["content"]
+
+
 def is_hh_transcript(value: Any) -> bool:
     return isinstance(value, str) and bool(re.match(r"\s*(\n\n)?Human:", value)) and "\n\nAssistant:" in value
 

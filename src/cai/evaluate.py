@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cai.data import BadRow, InputError, PromptRow, parse_hh_transcript
+from cai.data import BadRow, InputError, PromptRow, split_hh_pair
 from cai.judges import LabelFailure, RankLabel
 from cai.pipeline import ChainFailure
 from cai.types import stable_hash
@@ -50,10 +50,7 @@ def read_pairs(path: str | Path, limit: int | None = None) -> Iterator[PromptRow
 
 def _pair_from(rec: dict[str, Any]) -> tuple[list[dict[str, str]], str, str]:
     if isinstance(rec["chosen"], str):
-        chosen, rejected = parse_hh_transcript(rec["chosen"]), parse_hh_transcript(rec["rejected"])
-        if chosen[:-1] != rejected[:-1] or chosen[-1]["role"] != "assistant" or rejected[-1]["role"] != "assistant":
-            raise ValueError("chosen and rejected differ before the last assistant turn")
-        return chosen[:-1], chosen[-1]["content"], rejected[-1]["content"]
+        return split_hh_pair(rec["chosen"], rec["rejected"])
     return rec["prompt"], rec["chosen"][-1]["content"], rec["rejected"][-1]["content"]
 
 

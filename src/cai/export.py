@@ -20,8 +20,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from cai.data import parse_hh_transcript, read_jsonl_records as _read_jsonl
-from cai.types import stable_hash
+from cai.data import parse_hh_transcript, read_jsonl_records as _read_jsonl, split_hh_pair
+from cai.types import assistant, stable_hash
 
 PROVENANCE_DEFAULTS: dict[str, Any] = {
     "id": None, "labeler": None, "judges": None, "principle_ids": None, "p_chosen": None,
@@ -72,10 +72,11 @@ def _blend_row(kind: str, rec: dict[str, Any], source: str) -> dict[str, Any]:
             raise ExportError(f"{source}: need 'messages', 'prompt'+'completion' or an hh-rlhf 'chosen' transcript")
         return {"messages": messages, "id": None, "origin": "blend"}
     if isinstance(rec.get("chosen"), str) and isinstance(rec.get("rejected"), str):
-        chosen, rejected = parse_hh_transcript(rec["chosen"]), parse_hh_transcript(rec["rejected"])
-        if chosen[:-1] != rejected[:-1] or chosen[-1]["role"] != "assistant":
-            raise ExportError(f"{source}: chosen and rejected transcripts differ before the last assistant turn")
-        rec = {"prompt": chosen[:-1], "chosen": chosen[-1:], "rejected": rejected[-1:]}
+        try:
+            prompt, chosen, rejected = split_hh_pair(rec["chosen"], rec["rejected"])
+        except ValueError as exc:
+            raise ExportError(f"{source}: {exc}") from exc
+        rec = {"prompt": prompt, "chosen": [assistant(chosen)], "rejected": [assistant(rejected)]}
     if not all(k in rec for k in ("prompt", "chosen", "rejected")):
         raise ExportError(f"{source}: need 'prompt', 'chosen', 'rejected' (TRL) or hh-rlhf transcripts")
     return {**PROVENANCE_DEFAULTS, "prompt": rec["prompt"], "chosen": rec["chosen"], "rejected": rec["rejected"],
@@ -149,7 +150,7 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path, *, split: str = "
     if not rows:
         raise ExportError(f"{run_path}: no rows to export (see its failures.jsonl)")
     added = blend_rows(kind, rows, [parse_blend(b) for b in blends], seed)
-    splits = {name: part for name, part in split_rows(rows, parse_split(split), seed).items()}
+    splits = split_rows(rows, parse_split(split), seed)
     if fmt == "trl":
         from datasets import Dataset, DatasetDict
 

@@ -89,8 +89,10 @@ class PairwiseLabeler:
         self.cot_params = SamplingParams(max_tokens=cot_max_tokens, temperature=0.0)
         self.answers = load_prompt_yaml("judge_answers.yaml")
         self.name = "cot" if cot else "pairwise"
+        self.cot_prefix = self._cot_prefix() if cot else []
 
     def _cot_prefix(self) -> list[Message]:
+        """The few-shot turns before every CoT question: rendered once, identical each time."""
         messages: list[Message] = []
         for ex in load_prompt_yaml("judge_cot_few_shot.yaml")["examples"]:
             messages.append(user(render("judge_cot.j2", conversation=ex["conversation"], principle=ex["principle"],
@@ -106,7 +108,7 @@ class PairwiseLabeler:
             question = [user(render("judge_pairwise.j2", **values))]
             la, lb = await self.engine.score(question, [self.answers["pairwise"].format(letter=L) for L in "AB"])
             return softmax_first(la, lb), "", 0
-        question = self._cot_prefix() + [user(render("judge_cot.j2", **values))]
+        question = self.cot_prefix + [user(render("judge_cot.j2", **values))]
         params = SamplingParams(**{**self.cot_params.to_dict(), "seed": seed, "stop": ()})
         out = (await self.engine.generate([Request.of(question, params)]))[0][0]
         reasoning = _cut_before_answer(out.text)

@@ -60,8 +60,8 @@ class RunDir:
     def write_failures(self, stages: Iterable[str]) -> int:
         def all_failures() -> Iterable[dict[str, Any]]:
             for stage in stages:
-                for record in self.store.results(stage):
-                    if record.get("stage") and record.get("reason"):  # the whole row failed
+                for status, record in self.store.entries(stage):
+                    if status == "failed":  # the whole row failed
                         yield record
                     else:  # a finished row may still have dropped parts (candidates, pairs)
                         yield from record.get("dropped", [])

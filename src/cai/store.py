@@ -73,6 +73,12 @@ class Store:
         rows = self.conn.execute("SELECT row_id FROM results WHERE stage=? AND status='ok'", (stage,))
         return {r[0] for r in rows}
 
+    def entries(self, stage: str) -> Iterator[tuple[str, dict[str, Any]]]:
+        """(status, record) for every row of a stage, in input order."""
+        for status, record in self.conn.execute(
+                "SELECT status, record FROM results WHERE stage=? ORDER BY idx", (stage,)):
+            yield status, json.loads(record)
+
     def results(self, stage: str, status: str | None = None) -> Iterator[dict[str, Any]]:
         sql, args = "SELECT record FROM results WHERE stage=?", [stage]
         if status:

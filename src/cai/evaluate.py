@@ -93,7 +93,8 @@ def _credit(p: float | None) -> float | None:
 class JudgeReport:
     labels: list[dict[str, Any]] = field(default_factory=list)
 
-    def as_dict(self, elapsed_s: float) -> dict[str, Any]:
+    def as_dict(self, elapsed_s: float, timed_labels: int) -> dict[str, Any]:
+        """`elapsed_s` is the time it took to make `timed_labels` of the labels (this run's)."""
         n = len(self.labels)
         credits = [_credit(r["p_human_choice"]) or 0.0 for r in self.labels]
         correct = sum(credits)
@@ -117,7 +118,7 @@ class JudgeReport:
             "mean_confidence_when_wrong": round(sum(wrong) / len(wrong), 4) if wrong else None,
             "judge_generated_tokens_per_label": round(sum(r["judge_generated_tokens"] for r in self.labels) / n, 2)
             if n else None,
-            "seconds_per_label": round(elapsed_s / n, 3) if n else None,
+            "seconds_per_label": round(elapsed_s / timed_labels, 3) if timed_labels else None,
         }
 
 
@@ -163,9 +164,10 @@ def run_judge_eval(config: JudgeEvalConfig, *, show_progress: bool = True, conso
     def write_outputs(run: Any) -> dict[str, int]:
         return {"labels.jsonl": run.write_jsonl("labels.jsonl", run.store.results(STAGE, "ok"))}
 
-    def report(run: Any) -> dict[str, Any]:
+    def report(run: Any, summary: dict[str, Any]) -> dict[str, Any]:
         labels = list(run.store.results(STAGE, "ok"))
-        return {"report": JudgeReport(labels).as_dict(0.0), "labeler": config.labeler, "judges": config.judges}
+        timing = (summary["elapsed_s"], summary["rows_ok_this_run"])
+        return {"report": JudgeReport(labels).as_dict(*timing), "labeler": config.labeler, "judges": config.judges}
 
     result = run_job(command="eval judge", stage=STAGE, out=config.out,
                      inputs=PairInput(prompts=config.pairs, limit=config.limit, on_bad_input=config.on_bad_input),  # type: ignore[arg-type]
@@ -173,9 +175,5 @@ def run_judge_eval(config: JudgeEvalConfig, *, show_progress: bool = True, conso
                      manifest_parts={"constitution": {"name": constitution.name, "hash": constitution.hash}},
                      concurrency=config.concurrency, show_progress=show_progress, console=console,
                      extra_summary=report)
-    summary = result.summary
-    fresh = summary["rows_ok_this_run"]
-    summary["report"]["seconds_per_label"] = round(summary["elapsed_s"] / fresh, 3) if fresh else None
-    result.run.write_json("summary.json", summary)
-    result.run.write_json("report.json", summary["report"])
+    result.run.write_json("report.json", result.summary["report"])
     return result

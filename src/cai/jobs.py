@@ -90,7 +90,8 @@ class EngineSet:
 def run_job(*, command: str, stage: str, out: str, inputs: InputConfig, config: Any,
             make_chain: Callable[[EngineSet, RunDir], Chain], write_outputs: Callable[[RunDir], dict[str, int]],
             manifest_parts: dict[str, Any], concurrency: int, show_progress: bool = True,
-            console: Console | None = None, extra_summary: Callable[[RunDir], dict[str, Any]] | None = None,
+            console: Console | None = None,
+            extra_summary: Callable[[RunDir, dict[str, Any]], dict[str, Any]] | None = None,
             ) -> JobResult:
     console = console or Console(stderr=True)
     run = RunDir(out)
@@ -135,7 +136,7 @@ def run_job(*, command: str, stage: str, out: str, inputs: InputConfig, config: 
         "engine_stats": engines.inner_stats(),
     }
     if extra_summary:
-        summary.update(extra_summary(run))
+        summary.update(extra_summary(run, summary))
     run.write_json("summary.json", summary)
     print_summary(console, summary, run)
     return JobResult(run=run, counts=counts, summary=summary)

@@ -210,7 +210,7 @@ def make_labeler(config: RLConfig, judges: list[Engine], constitution: Any) -> A
     return made[0] if len(made) == 1 else EnsembleLabeler(made, combine=config.combine)
 
 
-def label_summary(run: Any) -> dict[str, Any]:
+def label_summary(run: Any, summary: dict[str, Any] | None = None) -> dict[str, Any]:
     """Label distribution, position-bias rate, parse failures and tokens per label."""
     prefs = [p for r in run.store.results(STAGE, "ok") for p in r["preferences"]]
     labels = sum(r["labels"] for r in run.store.results(STAGE, "ok"))

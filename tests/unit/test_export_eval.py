@@ -131,7 +131,9 @@ def test_judge_eval_with_a_scripted_judge(tmp_path) -> None:
     assert report["accuracy"] == 0.5 and report["position_bias_rate"] == 0.0
     assert report["accuracy_by_order"] == {"human_choice_shown_first": 0.5, "human_choice_shown_second": 0.5}
     assert report["mean_confidence_when_right"] == pytest.approx(0.8)
-    assert JudgeReport([]).as_dict(0)["accuracy"] is None
+    assert report["seconds_per_label"] == pytest.approx(result.summary["elapsed_s"] / 2, abs=1e-3)
+    assert json.loads((tmp_path / "ev" / "summary.json").read_text())["report"] == report
+    assert JudgeReport([]).as_dict(0.0, 0)["accuracy"] is None
 
 
 def test_best_worst_with_a_judge_that_only_ties(tmp_path, prompts_file) -> None:

@@ -115,3 +115,25 @@ def test_api_key_comes_from_env_and_is_never_written(server, prompts, tmp_path, 
             assert b"sk-secret-value-123" not in path.read_bytes(), path
     assert "sk-secret" not in proc.stdout + proc.stderr
     assert "MY_TEST_KEY" in (out / "manifest.json").read_text()
+
+
+def test_n_samples_from_a_server_that_ignores_n(server) -> None:
+    import asyncio
+
+    from cai.engines import load_engine
+    from cai.types import Request, SamplingParams
+
+    engine = load_engine(f"openai:smollm2@{server.base_url}")
+    req = Request.of([{"role": "user", "content": "Name a colour."}], SamplingParams(max_tokens=8, n=3, seed=5))
+
+    async def run():
+        first = await engine.generate([req])
+        requests_after_first = engine.stats["requests"]
+        second = await engine.generate([req])
+        return first, second, requests_after_first
+
+    first, second, after_first = asyncio.run(run())
+    assert len(first[0]) == 3 and len(second[0]) == 3
+    assert engine.ignores_n == {server.base_url}
+    assert after_first == 3  # one request with n=3 (answered with one choice), then two more
+    assert engine.stats["requests"] - after_first == 3  # then straight to three single requests

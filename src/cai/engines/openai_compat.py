@@ -8,7 +8,8 @@ errors are retried with exponential backoff and jitter (tenacity), honouring
 recorded in failures.jsonl, and the run goes on.
 
 - `generate`: `/chat/completions`. If a server returns fewer than `n` choices (llama.cpp
-  ignores `n`), the rest are fetched as separate requests, and that URL is remembered.
+  ignores `n`), the rest are fetched as separate requests, and that URL is remembered:
+  once every URL is known to ignore `n`, the n requests go out together from the start.
 - `score`: `/completions` with `echo` + `logprobs` on the prompt rendered by the model's
   chat template (from a local tokenizer: the `tokenizer` option, or the model name when
   it resolves locally). The continuation's tokens are found from the echoed token texts.
@@ -156,20 +157,24 @@ class OpenAIEngine(Engine):
 
     async def _generate_one(self, request: Request) -> list[Completion]:
         p = request.params
-        url, data = await self._chat(request, p.n, p.seed)
-        completions = self._completions(data)
-        if len(completions) < p.n:
-            self.ignores_n.add(url)
-            extra = await asyncio.gather(*[
-                self._chat(request, 1, None if p.seed is None else p.seed + k) for k in range(len(completions), p.n)])
-            for _, more in extra:
-                completions += self._completions(more)[:1]
+        completions: list[Completion] = []
+        if p.n == 1 or not self.ignores_n >= set(self.base_urls):
+            url, data = await self._chat(request, p.n, p.seed)
+            completions = self._completions(data)
+            if len(completions) < p.n:
+                self.ignores_n.add(url)
+        # the rest one at a time, all at once; straight away once every URL is known to ignore n
+        extra = await asyncio.gather(*[
+            self._chat(request, 1, None if p.seed is None else p.seed + k) for k in range(len(completions), p.n)])
+        completions += [self._completions(more)[0] for _, more in extra]
         return completions[: p.n]
 
     @staticmethod
     def _completions(data: dict[str, Any]) -> list[Completion]:
         usage = data.get("usage") or {}
         choices = sorted(data.get("choices") or [], key=lambda c: c.get("index", 0))
+        if not choices:
+            raise EngineError(f"the server answered with no choices: {str(data)[:200]}")
         out = []
         for choice in choices:
             finish = choice.get("finish_reason") or "stop"

@@ -34,7 +34,7 @@ class RecipeConfig:
     seed: int = 0
 
 
-def _train(kind: str, out: Path, make: Any) -> dict[str, Any]:
+def _train(out: Path, make: Any) -> dict[str, Any]:
     report_file = out / "train_report.json"
     if report_file.exists():
         return {**json.loads(report_file.read_text()), "resumed": True}
@@ -55,7 +55,7 @@ def run_recipe(config: RecipeConfig, *, show_progress: bool = True) -> dict[str,
     stages["sl"] = f"{sl.summary['files'].get('sft.jsonl', 0)} SFT rows, {sl.summary['files']['failures.jsonl']} failures"
     steps = dict(max_steps=config.train_steps, batch_size=2, max_length=384, seed=config.seed)
     sft_out = root / "models" / "sft"
-    rep = _train("sft", sft_out, lambda: sft.main(sft.SFTWrapperConfig(data=str(root / "sl"), model=config.model,
+    rep = _train(sft_out, lambda: sft.main(sft.SFTWrapperConfig(data=str(root / "sl"), model=config.model,
                                                                        out=str(sft_out), **steps)))
     stages["sft"] = f"{rep['steps']} steps, final loss {rep['final_loss']}"
     rl = run_rl(RLConfig(prompts=config.prompts, out=str(root / "rl"), policy=f"hf:{sft_out}", judges=[config.model],
@@ -67,10 +67,10 @@ def run_recipe(config: RecipeConfig, *, show_progress: bool = True) -> dict[str,
         stages["reward"] = stages["dpo"] = "skipped: no preference pairs (see rl/failures.jsonl)"
     else:
         pm_out, dpo_out = root / "models" / "pm", root / "models" / "dpo"
-        rep = _train("reward", pm_out, lambda: reward.main(reward.RewardWrapperConfig(
+        rep = _train(pm_out, lambda: reward.main(reward.RewardWrapperConfig(
             data=str(root / "rl"), model=config.model, out=str(pm_out), **steps)))
         stages["reward"] = f"{rep['steps']} steps, final loss {rep['final_loss']}"
-        rep = _train("dpo", dpo_out, lambda: dpo.main(dpo.DPOWrapperConfig(
+        rep = _train(dpo_out, lambda: dpo.main(dpo.DPOWrapperConfig(
             data=str(root / "rl"), model=str(sft_out), out=str(dpo_out), **steps)))
         stages["dpo"] = f"{rep['steps']} steps, final loss {rep['final_loss']}"
     table = Table(title=f"cai recipe → {root}")

@@ -2,7 +2,9 @@
 
 Runs `cai rl` on the same N shared red-team prompts with K candidates for each
 labeller, on the embedded model, and prints judge-generated tokens per label, seconds
-per label, labels that could not be parsed, and the position-bias rate. The candidates
+per label, coverage (labels made / labels attempted), failed labels, the position-bias
+rate over every label judged in both orders (kept or not), and how many kept pairs are
+near coin flips (margin < 0.1). The candidates
 are generated once (the first run) and reused by the others through a shared store, so
 only labelling differs between rows.
 
@@ -45,17 +47,20 @@ def main() -> None:
                         show_progress=False)
         elapsed = time.perf_counter() - start
         s = result.summary
-        attempts = s["labels"] + s["label_parse_failures"]
-        rows.append((labeler, attempts, s["preference_pairs"], s["judge_generated_tokens_per_attempt"],
-                     elapsed / max(1, attempts), s["label_parse_failures"], s["position_bias_rate"]))
+        attempts = s["labels_attempted"]
+        rows.append((labeler, attempts, s["label_coverage"], s["preference_pairs"],
+                     s["judge_generated_tokens_per_attempt"], elapsed / max(1, attempts), s["label_failures"],
+                     s["position_bias_rate"], s["position_bias_denominator"].split(" labels")[0],
+                     s["kept_pairs_margin_below_0.1"]))
         seed_store = seed_store or (out / "store.sqlite")
         print(f"  {labeler}: {attempts} label attempts in {elapsed:.1f}s", file=sys.stderr, flush=True)
     print(f"\nRL labels: {args.prompts} hh-rlhf prompts, K={args.candidates}, SmolLM2-135M as policy and judge\n")
-    print("| labeller | label attempts | pairs kept | judge generated tokens / attempt | seconds / attempt "
-          "| unparsable labels | position-bias rate |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for name, labels, pairs, tokens, secs, failures, bias in rows:
-        print(f"| {name} | {labels} | {pairs} | {tokens} | {secs:.2f} | {failures} | {bias} |")
+    print("| labeller | label attempts | coverage | pairs kept | judge generated tokens / attempt "
+          "| seconds / attempt | failed labels | position-bias rate (over) | kept pairs with margin < 0.1 |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, labels, coverage, pairs, tokens, secs, failures, bias, over, coin in rows:
+        print(f"| {name} | {labels} | {coverage} | {pairs} | {tokens} | {secs:.2f} | {failures} | {bias} ({over}) "
+              f"| {coin} |")
     shutil.rmtree(work)
 
 

@@ -8,7 +8,16 @@ request (SL-CAI) and a judge question (RL-CAI). Constitutions load from:
   `{"harmful0": {"prompt": [critique], "edit_request": revision}}`, with its
   `CritiqueRequest:` / `Critique:` / `RevisionRequest:` framing stripped;
 - a plain list of principle strings (`.txt` one per line, or a JSON / YAML list),
-  turned into requests by the templates in `prompts/principle_from_text.yaml`.
+  turned into requests by the templates in `prompts/principle_from_text.yaml`; a
+  trailing "Options:" (how Anthropic's RL principle list, `RLMadisonInstructions.json`,
+  ends each question) is dropped, since our judge templates add their own;
+- two files assembled into one: `load_constitution(sl_file, judge_principles=rl_file)`
+  (`--constitution sl.json --judge-principles rl.json`), or a YAML naming both,
+  `{name, description, sl_principles: path, judge_principles: path}` with paths relative
+  to the YAML (or shipped names). The first file gives the critique and revision
+  requests, the second the judge questions, so Anthropic's two published files together
+  drive both `cai sl` and `cai rl`. The hash covers both parts, and `source` and
+  `meta["sources"]` name both files.
 
 Sampling is keyed by (seed, row id, purpose), never by scheduling order, so a row gets
 the same principles however the run is interleaved or resumed.
@@ -19,7 +28,7 @@ from __future__ import annotations
 import json
 import random
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -97,16 +106,47 @@ def shipped_constitutions() -> list[str]:
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
-def load_constitution(ref: str | Path) -> Constitution:
-    """A shipped name (`default`) or a path to YAML, JSON or TXT."""
+def load_constitution(ref: str | Path, judge_principles: str | Path | None = None) -> Constitution:
+    """A shipped name (`default`) or a path to YAML, JSON or TXT; with `judge_principles`,
+    the judge questions come from that second constitution file instead (see above)."""
+    base = _load(ref)
+    if judge_principles is None or str(judge_principles) == "":
+        return base
+    return combine_constitutions(base, _load(judge_principles, what="judge principles"))
+
+
+def combine_constitutions(sl: Constitution, judge: Constitution, *, name: str = "", description: str = "",
+                          source: str = "") -> Constitution:
+    """SL principles (critique + revision) from `sl`, judge questions from `judge`, one hash.
+
+    Each part keeps only its own texts. Judge ids that collide with SL ids get a
+    `judge-` prefix, so a principle id always names one text.
+    """
+    if not sl.sl_principles:
+        raise ConstitutionError(f"{sl.source} has no critique and revision requests, so it cannot give the SL "
+                                "principles")
+    if not judge.judge_principles:
+        raise ConstitutionError(f"{judge.source} has no judge questions, so it cannot give the judge principles")
+    sl_part = [replace(p, judge="") for p in sl.sl_principles]
+    taken = {p.id for p in sl_part}
+    judge_part = [Principle(id=f"judge-{p.id}" if p.id in taken else p.id, judge=p.judge)
+                  for p in judge.judge_principles]
+    sources = {"sl_principles": sl.source, "judge_principles": judge.source}
+    both = f"sl_principles: {sl.source}; judge_principles: {judge.source}"
+    return Constitution(name=name or f"{sl.name}+{judge.name}", principles=sl_part + judge_part,
+                        description=description or sl.description, source=f"{source} ({both})" if source else both,
+                        meta={"format": "combined", "sources": sources})
+
+
+def _load(ref: str | Path, *, what: str = "constitution", inside: Path | None = None) -> Constitution:
     ref_str = str(ref)
     if ref_str in shipped_constitutions():
         text = (resources.files("cai") / "constitutions" / f"{ref_str}.yaml").read_text(encoding="utf-8")
         return _from_own_yaml(yaml.safe_load(text), f"cai:constitutions/{ref_str}.yaml")
     path = Path(ref_str).expanduser()
-    if not path.exists():
+    if not path.is_file():
         raise ConstitutionError(
-            f"constitution {ref_str!r} is neither a shipped name ({', '.join(shipped_constitutions())}) nor a file")
+            f"{what} {ref_str!r} is neither a shipped name ({', '.join(shipped_constitutions())}) nor a file")
     text = path.read_text(encoding="utf-8")
     suffix = path.suffix.lower()
     try:
@@ -120,11 +160,46 @@ def load_constitution(ref: str | Path) -> Constitution:
         return _from_plain_list(data, str(path))
     if isinstance(data, dict) and "principles" in data:
         return _from_own_yaml(data, str(path))
+    if isinstance(data, dict) and {"sl_principles", "judge_principles"} & set(data):
+        if inside is not None:
+            raise ConstitutionError(f"{inside}: {what} {ref_str!r} itself names other files; name the SL and "
+                                    "judge files directly")
+        return _from_combined_yaml(data, path)
     if isinstance(data, dict) and data and all(isinstance(v, dict) and "edit_request" in v for v in data.values()):
         return _from_anthropic_json(data, str(path))
     raise ConstitutionError(
         f"{path}: not a known constitution format (expected our YAML with 'principles', Anthropic's "
-        "CritiqueRevisionInstructions JSON, or a list of principle strings)")
+        "CritiqueRevisionInstructions JSON, a list of principle strings, or a YAML naming 'sl_principles' and "
+        "'judge_principles' files)")
+
+
+_COMBINED_KEYS = {"name", "description", "sl_principles", "judge_principles"}
+
+
+def _from_combined_yaml(data: dict[str, Any], path: Path) -> Constitution:
+    unknown = set(data) - _COMBINED_KEYS
+    if unknown:
+        raise ConstitutionError(f"{path}: unknown keys {sorted(unknown)} (expected {sorted(_COMBINED_KEYS)})")
+    if not (data.get("sl_principles") and data.get("judge_principles")):
+        raise ConstitutionError(f"{path}: needs both 'sl_principles' and 'judge_principles' (file paths relative "
+                                "to this file, or shipped names)")
+    parts = [_load(_resolve_part(data[key], key, path), what=key, inside=path)
+             for key in ("sl_principles", "judge_principles")]
+    return combine_constitutions(*parts, name=str(data.get("name") or path.stem),
+                                 description=str(data.get("description") or "").strip(), source=str(path))
+
+
+def _resolve_part(value: Any, key: str, path: Path) -> str:
+    """A part named in a combined YAML: a path relative to that YAML, else a shipped name."""
+    if not isinstance(value, str):
+        raise ConstitutionError(f"{path}: {key} must be a file path or a shipped name, got {value!r}")
+    candidate = path.parent / Path(value).expanduser()
+    if candidate.is_file():
+        return str(candidate)
+    if value in shipped_constitutions():
+        return value
+    raise ConstitutionError(f"{path}: {key} {value!r} is neither a file (looked for {candidate}) nor a shipped name "
+                            f"({', '.join(shipped_constitutions())})")
 
 
 def _from_own_yaml(data: dict[str, Any], source: str) -> Constitution:
@@ -162,13 +237,17 @@ def _from_anthropic_json(data: dict[str, Any], source: str) -> Constitution:
                         meta={"format": "anthropic-critique-revision"})
 
 
+_OPTIONS_TAIL = re.compile(r"\s*Options\s*:\s*$", re.IGNORECASE)
+
+
 def _from_plain_list(items: list[Any], source: str) -> Constitution:
     templates = yaml.safe_load((resources.files("cai") / "prompts" / "principle_from_text.yaml").read_text("utf-8"))
     principles = []
     for i, text in enumerate(items):
-        if not isinstance(text, str) or not text.strip():
+        if not isinstance(text, str) or not _OPTIONS_TAIL.sub("", text).strip():
             raise ConstitutionError(f"{source}: item {i + 1} is not a non-empty string")
-        filled = {k: templates[k].replace("{principle}", text.strip()) for k in ("critique", "revision", "judge")}
+        text = _OPTIONS_TAIL.sub("", text).strip()
+        filled = {k: templates[k].replace("{principle}", text) for k in ("critique", "revision", "judge")}
         principles.append(Principle(id=f"p{i + 1}", **filled))
     return Constitution(name=Path(source).stem, principles=principles, source=source,
                         meta={"format": "plain-list"})

@@ -2,9 +2,16 @@
 
 Input rows are hh-rlhf style: `chosen` and `rejected` transcripts that share everything
 but the last assistant turn (or TRL preference rows). Each pair is labelled by any
-labeller; the report gives accuracy against the human choice with a 95% Wilson interval
-(ties count as half right), the position-bias rate, accuracy when only one order is
-asked, calibration (mean confidence when right vs wrong), and tokens and time per label.
+labeller. The report states every denominator:
+
+- `coverage`: pairs the judge labelled / pairs it was asked about (a parse failure or
+  an engine error is a pair asked about and not labelled);
+- `accuracy`: over *every pair asked about*, a failed label counting as half right (a
+  coin flip) and a tie as half right, with a 95% Wilson interval;
+  `accuracy_failures_as_wrong` is the stricter reading; `accuracy_labelled_only` is over
+  the labelled pairs alone (the flattering number, shown beside the others, never alone);
+- the position-bias rate (over labels judged in both orders), accuracy when only one
+  order is asked, calibration (mean confidence when right vs wrong), tokens and time.
 Labels are stored in the run directory like any other run, so an evaluation resumes.
 """
 
@@ -65,11 +72,17 @@ class JudgeEvalChain:
             try:
                 label: RankLabel = await self.labeler.rank(row.messages, [chosen, rejected], (row.id,))
             except LabelFailure as exc:
-                raise ChainFailure("label", exc.reason, {"judge_raw": exc.raw}) from exc
+                raise ChainFailure("label", exc.reason, {"judge_raw": exc.raw, "judge_failures": exc.judge_failures,
+                                                         "judge_generated_tokens": exc.generated_tokens},
+                                   code=exc.code) from exc
             p, by_order, bias, tokens, raw = (1.0 if label.chosen == 0 else 0.0), [None, None], None, \
                 label.generated_tokens, label.raw
         else:
-            pair = await self.labeler.compare(row.messages, chosen, rejected, (row.id,))
+            try:
+                pair = await self.labeler.compare(row.messages, chosen, rejected, (row.id,))
+            except LabelFailure as exc:
+                raise ChainFailure("label", exc.reason, {"judge_raw": exc.raw, "judge_failures": exc.judge_failures},
+                                   code=exc.code) from exc
             p, by_order, bias, tokens, raw = pair.p_x, pair.p_x_by_order, pair.position_bias, \
                 pair.generated_tokens, pair.raw
         return {**record, "p_human_choice": p, "p_by_order": by_order, "position_bias": bias,
@@ -91,28 +104,48 @@ def _credit(p: float | None) -> float | None:
 
 @dataclass
 class JudgeReport:
+    """`labels`: the labelled pairs; `failed`: pairs the judge was asked about and could not label."""
+
     labels: list[dict[str, Any]] = field(default_factory=list)
+    failed: int = 0
 
     def as_dict(self, elapsed_s: float, timed_labels: int) -> dict[str, Any]:
         """`elapsed_s` is the time it took to make `timed_labels` of the labels (this run's)."""
         n = len(self.labels)
+        asked = n + self.failed
         credits = [_credit(r["p_human_choice"]) or 0.0 for r in self.labels]
         correct = sum(credits)
-        low, high = wilson_interval(correct, n)
+
+        def share(part: float, whole: int) -> float | None:
+            return round(part / whole, 4) if whole else None
+
+        def ci(part: float, whole: int) -> list[float]:
+            return [round(v, 4) for v in wilson_interval(part, whole)]
+
         biased = [r["position_bias"] for r in self.labels if r["position_bias"] is not None]
         per_order = {}
         for slot, name in ((0, "human_choice_shown_first"), (1, "human_choice_shown_second")):
             got = [_credit(r["p_by_order"][slot]) for r in self.labels if r["p_by_order"][slot] is not None]
             per_order[name] = round(sum(got) / len(got), 4) if got else None  # type: ignore[arg-type]
-        confidence = [(max(r["p_human_choice"], 1 - r["p_human_choice"]), c) for r, c in zip(self.labels, credits)]
+        confidence = [(max(r["p_human_choice"], 1 - r["p_human_choice"]), c)
+                      for r, c in zip(self.labels, credits, strict=True)]
         right = [conf for conf, c in confidence if c == 1.0]
         wrong = [conf for conf, c in confidence if c == 0.0]
         return {
+            "pairs_asked": asked,
             "pairs_labelled": n,
-            "accuracy": round(correct / n, 4) if n else None,
-            "accuracy_ci95": [round(low, 4), round(high, 4)],
+            "label_failures": self.failed,
+            "coverage": share(n, asked),
+            "accuracy": share(correct + 0.5 * self.failed, asked),
+            "accuracy_ci95": ci(correct + 0.5 * self.failed, asked),
+            "accuracy_denominator": f"all {asked} pairs asked; {self.failed} failed labels and "
+                                    f"{sum(1 for c in credits if c == 0.5)} ties count as half right",
+            "accuracy_failures_as_wrong": share(correct, asked),
+            "accuracy_labelled_only": share(correct, n),
+            "accuracy_labelled_only_ci95": ci(correct, n),
             "ties": sum(1 for c in credits if c == 0.5),
             "position_bias_rate": round(sum(biased) / len(biased), 4) if biased else None,
+            "position_bias_denominator": f"{len(biased)} labels judged in both orders, of {asked} pairs asked",
             "accuracy_by_order": per_order,
             "mean_confidence_when_right": round(sum(right) / len(right), 4) if right else None,
             "mean_confidence_when_wrong": round(sum(wrong) / len(wrong), 4) if wrong else None,
@@ -129,10 +162,13 @@ class JudgeEvalConfig:
     judges: list[str] = field(default_factory=lambda: ["smollm2"])
     labeler: str = "pairwise"
     constitution: str = "default"
+    judge_principles: str | None = None
+    cot_few_shot: str = "default"
     both_orders: bool = True
     principles_per_label: int = 1
     clamp: tuple[float, float] = (0.4, 0.6)
     combine: str = "mean"
+    min_judges: int = 1
     judge_max_tokens: int = 192
     rank_retries: int = 2
     seed: int = 0
@@ -147,10 +183,12 @@ def run_judge_eval(config: JudgeEvalConfig, *, show_progress: bool = True, conso
     from cai.jobs import InputConfig, run_job
     from cai.rl import RLConfig, make_labeler
 
-    constitution = load_constitution(config.constitution)
+    constitution = load_constitution(config.constitution, judge_principles=config.judge_principles)
     rl_like = RLConfig(prompts=config.pairs, out=config.out, judges=config.judges, labeler=config.labeler,
+                       cot_few_shot=config.cot_few_shot,
                        both_orders=config.both_orders, principles_per_label=config.principles_per_label,
-                       clamp=config.clamp, combine=config.combine, judge_max_tokens=config.judge_max_tokens,
+                       clamp=config.clamp, combine=config.combine, min_judges=config.min_judges,
+                       judge_max_tokens=config.judge_max_tokens,
                        rank_retries=config.rank_retries, seed=config.seed)
 
     class PairInput(InputConfig):
@@ -166,13 +204,16 @@ def run_judge_eval(config: JudgeEvalConfig, *, show_progress: bool = True, conso
 
     def report(run: Any, summary: dict[str, Any]) -> dict[str, Any]:
         labels = list(run.store.results(STAGE, "ok"))
+        failed = sum(1 for f in run.store.results(STAGE, "failed") if f["stage"] != "input")
         timing = (summary["elapsed_s"], summary["rows_ok_this_run"])
-        return {"report": JudgeReport(labels).as_dict(*timing), "labeler": config.labeler, "judges": config.judges}
+        return {"report": JudgeReport(labels, failed).as_dict(*timing), "labeler": config.labeler,
+                "judges": config.judges}
 
     result = run_job(command="eval judge", stage=STAGE, out=config.out,
                      inputs=PairInput(prompts=config.pairs, limit=config.limit, on_bad_input=config.on_bad_input),  # type: ignore[arg-type]
                      config=config, make_chain=make_chain, write_outputs=write_outputs,
-                     manifest_parts={"constitution": {"name": constitution.name, "hash": constitution.hash}},
+                     manifest_parts={"constitution": {"name": constitution.name, "source": constitution.source,
+                                                      "hash": constitution.hash}},
                      concurrency=config.concurrency, show_progress=show_progress, console=console,
                      extra_summary=report)
     result.run.write_json("report.json", result.summary["report"])

@@ -1,15 +1,28 @@
 """Exporting a run for trainers: TRL datasets on disk, or NeMo-Aligner's JSONL files.
 
-- `trl`: a `datasets.DatasetDict` saved with `save_to_disk`, split by a seeded shuffle
-  of *prompt ids* (every pair of one prompt lands in the same split). SL runs give TRL's
+- `trl`: a `datasets.DatasetDict` saved with `save_to_disk`. SL runs give TRL's
   `messages` rows; RL runs give conversational preference rows (`prompt`, `chosen`,
-  `rejected`) with provenance columns. They load unchanged into SFT/DPO/Reward trainers.
+  `rejected`) with provenance columns. They load unchanged into SFT/DPO/Reward trainers,
+  and change no loss on their own: the label confidence is `label_margin` (|2p - 1|),
+  never `margin`, the column TRL's RewardTrainer silently adds to its loss, and no column
+  a trainer reads (`prompt`, `chosen`, `rejected`, `messages`, `p_chosen`,
+  `label_margin`) is ever null. Runs written before the rename have `margin` renamed.
 - `nemo`: for RL, `<split>_comparisons.jsonl` (chosen and rejected on alternating lines,
   rendered with a chat template) and `<split>_prompts.jsonl`; for SL, NeMo's chat SFT
-  JSONL (`system`, `conversations`, `mask`).
+  JSONL (`system`, `conversations`, `mask`), which trains on the final reply only.
+- Splits: each prompt goes to a split by a hash of (seed, its messages' content) alone,
+  so a prompt lands in the same split in every SL and RL export of every run, and the
+  pairs of one prompt never straddle splits. Small sets may leave a split empty; that is
+  a warning in `export.json`, not an error.
+- One schema per dataset: a column that some rows lack is filled with null (typed by
+  the rows that have it) and counted in `export.json`; nothing is dropped silently.
 
 `--blend FILE:RATIO` adds RATIO helpfulness rows per CAI row (sampled without
 replacement; fewer if the file has fewer), from TRL-format rows or hh-rlhf transcripts.
+A blended preference is a human's hard label: `labeler: "human"`, `p_chosen: 1.0`,
+`label_margin: 1.0`, no judges.
+
+Not done here: choosing which rows to train on (`cai train` filters) or pushing to a hub.
 """
 
 from __future__ import annotations
@@ -21,14 +34,21 @@ from pathlib import Path
 from typing import Any
 
 from cai.data import parse_hh_transcript, read_jsonl_records as _read_jsonl, split_hh_pair
-from cai.types import assistant, stable_hash
+from cai.types import Message, assistant, stable_hash
 
 PROVENANCE_DEFAULTS: dict[str, Any] = {
     "id": None, "labeler": None, "judges": None, "principle_ids": None, "p_chosen": None,
-    "p_chosen_order_ab": None, "p_chosen_order_ba": None, "margin": None, "position_bias": None,
+    "p_chosen_order_ab": None, "p_chosen_order_ba": None, "label_margin": None, "position_bias": None,
     "judge_agreement": None, "judge_raw": None, "chosen_index": None, "rejected_index": None,
     "judge_generated_tokens": None,
 }
+# A human preference (hh-rlhf) is one annotator's hard choice: certain, and judged by no model.
+HUMAN_LABEL: dict[str, Any] = {"labeler": "human", "judges": [], "principle_ids": [], "p_chosen": 1.0,
+                               "label_margin": 1.0, "judge_generated_tokens": 0}
+NEVER_NULL = ("prompt", "chosen", "rejected", "messages", "p_chosen", "label_margin")  # trainers read these
+TRL_LOSS_COLUMNS = ("margin",)  # names TRL's trainers pick up by themselves and fold into the loss
+NEMO_ROLES = {"user": "User", "assistant": "Assistant"}
+HH_MARKERS = {"user": "Human", "assistant": "Assistant"}  # hh-rlhf's turn markers, for folded context
 
 
 class ExportError(ValueError):
@@ -43,20 +63,33 @@ def run_kind(run_dir: Path) -> str:
     raise ExportError(f"{run_dir} holds neither preferences.jsonl (cai rl) nor sft.jsonl (cai sl)")
 
 
-def load_run_rows(run_dir: Path) -> tuple[str, list[dict[str, Any]]]:
+def load_run_rows(run_dir: Path) -> tuple[str, list[dict[str, Any]], dict[str, int]]:
+    """(kind, rows, column notes): rows as written, `margin` renamed, trainer columns checked."""
     kind = run_kind(run_dir)
-    if kind == "rl":
-        rows = [{**PROVENANCE_DEFAULTS, **r, "origin": "cai"} for r in _read_jsonl(run_dir / "preferences.jsonl")]
-        for r in rows:  # keep only the columns every row shares, so the dataset has one schema
-            for extra in [k for k in r if k not in PROVENANCE_DEFAULTS and k not in ("prompt", "chosen", "rejected",
-                                                                                      "origin")]:
-                r.pop(extra)
-        return kind, rows
-    sft = _read_jsonl(run_dir / "sft.jsonl")
-    ids = [r["id"] for r in _read_jsonl(run_dir / "sl.jsonl")] if (run_dir / "sl.jsonl").exists() else []
-    if len(ids) != len(sft):  # sl.jsonl and sft.jsonl are written together, row for row
-        ids = [None] * len(sft)
-    return kind, [{"messages": r["messages"], "id": i, "origin": "cai"} for r, i in zip(sft, ids)]
+    if kind == "sl":
+        sft = _read_jsonl(run_dir / "sft.jsonl")
+        ids = [r["id"] for r in _read_jsonl(run_dir / "sl.jsonl")] if (run_dir / "sl.jsonl").exists() else []
+        if len(ids) != len(sft):  # sl.jsonl and sft.jsonl are written together, row for row
+            ids = [None] * len(sft)
+        return kind, [{"messages": r["messages"], "id": i, "origin": "cai"} for r, i in zip(sft, ids)], {}
+    notes = {"margin_renamed_to_label_margin": 0, "margin_dropped_beside_label_margin": 0,
+             "label_margin_derived_from_p_chosen": 0}
+    rows = []
+    for n, rec in enumerate(_read_jsonl(run_dir / "preferences.jsonl"), 1):
+        row = {**rec, "origin": "cai"}
+        if "margin" in row:  # runs written before the rename
+            key = "margin_dropped_beside_label_margin" if "label_margin" in row else "margin_renamed_to_label_margin"
+            row.setdefault("label_margin", row["margin"])
+            row.pop("margin")
+            notes[key] += 1
+        if row.get("p_chosen") is None:
+            raise ExportError(f"{run_dir / 'preferences.jsonl'}: row {n} has no p_chosen; trainers read it, "
+                              "so cai export will not write it empty")
+        if row.get("label_margin") is None:
+            row["label_margin"] = abs(2 * row["p_chosen"] - 1)
+            notes["label_margin_derived_from_p_chosen"] += 1
+        rows.append(row)
+    return kind, rows, {k: v for k, v in notes.items() if v}
 
 
 def _blend_row(kind: str, rec: dict[str, Any], source: str) -> dict[str, Any]:
@@ -70,7 +103,7 @@ def _blend_row(kind: str, rec: dict[str, Any], source: str) -> dict[str, Any]:
             messages = [{"role": "user", "content": rec["prompt"]}, {"role": "assistant", "content": rec["completion"]}]
         else:
             raise ExportError(f"{source}: need 'messages', 'prompt'+'completion' or an hh-rlhf 'chosen' transcript")
-        return {"messages": messages, "id": None, "origin": "blend"}
+        return {"messages": messages, "id": source, "origin": "blend"}
     if isinstance(rec.get("chosen"), str) and isinstance(rec.get("rejected"), str):
         try:
             prompt, chosen, rejected = split_hh_pair(rec["chosen"], rec["rejected"])
@@ -79,8 +112,8 @@ def _blend_row(kind: str, rec: dict[str, Any], source: str) -> dict[str, Any]:
         rec = {"prompt": prompt, "chosen": [assistant(chosen)], "rejected": [assistant(rejected)]}
     if not all(k in rec for k in ("prompt", "chosen", "rejected")):
         raise ExportError(f"{source}: need 'prompt', 'chosen', 'rejected' (TRL) or hh-rlhf transcripts")
-    return {**PROVENANCE_DEFAULTS, "prompt": rec["prompt"], "chosen": rec["chosen"], "rejected": rec["rejected"],
-            "origin": "blend"}
+    return {**PROVENANCE_DEFAULTS, **HUMAN_LABEL, "id": source, "prompt": rec["prompt"], "chosen": rec["chosen"],
+            "rejected": rec["rejected"], "origin": "blend"}
 
 
 def blend_rows(kind: str, rows: list[dict[str, Any]], blends: Iterable[tuple[str, float]], seed: int) -> dict[str, int]:
@@ -93,37 +126,83 @@ def blend_rows(kind: str, rows: list[dict[str, Any]], blends: Iterable[tuple[str
         pool = _read_jsonl(path)
         picked = random.Random(seed).sample(range(len(pool)), min(wanted, len(pool)))
         for i in picked:
-            row = _blend_row(kind, pool[i], f"{path}:{i + 1}")
+            row = _blend_row(kind, pool[i], f"{path.name}:{i + 1}")
             row["origin"] = f"blend:{path.name}"
             rows.append(row)
         added[str(path)] = len(picked)
     return added
 
 
-def split_rows(rows: list[dict[str, Any]], split: dict[str, float], seed: int) -> dict[str, list[dict[str, Any]]]:
-    """Seeded split by prompt, so pairs of one prompt never straddle splits."""
-    total = sum(split.values())
-    if total <= 0 or any(v < 0 for v in split.values()):
-        raise ExportError(f"bad split {split}")
-    groups: dict[str, list[dict[str, Any]]] = {}
+def one_schema(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Give every row the same columns, in place; return the columns, and what was filled or dropped."""
+    dropped = {name: sum(1 for r in rows if name in r) for name in TRL_LOSS_COLUMNS}
     for r in rows:
-        groups.setdefault(stable_hash(r.get("prompt") or r["messages"][:-1]), []).append(r)
-    keys = sorted(groups)
-    random.Random(seed).shuffle(keys)
-    names = [name for name in split if split[name] > 0]
-    counts = {name: int(split[name] / total * len(keys)) for name in names}
-    if len(keys) >= len(names):  # every split asked for gets at least one prompt
-        for name in names:
-            counts[name] = max(1, counts[name])
-    while sum(counts.values()) > len(keys):
-        counts[max(counts, key=counts.__getitem__)] -= 1
-    counts[names[0]] += len(keys) - sum(counts.values())  # remainders go to the first split
-    out: dict[str, list[dict[str, Any]]] = {name: [] for name in split}
-    start = 0
+        for name in TRL_LOSS_COLUMNS:
+            r.pop(name, None)
+    names = list(dict.fromkeys(k for r in rows for k in r))
+    filled: dict[str, int] = {}
+    for i, r in enumerate(rows):
+        missing = [k for k in names if k not in r]
+        for k in missing:
+            filled[k] = filled.get(k, 0) + 1
+        rows[i] = {k: r.get(k) for k in names}
+    for name in (n for n in NEVER_NULL if n in names):
+        empty = [r for r in rows if r[name] is None]
+        if empty:
+            raise ExportError(f"{len(empty)} row(s) have no {name!r} (first: origin {empty[0].get('origin')}, "
+                              f"id {empty[0].get('id')}); trainers read it, so cai export will not write it empty")
+    return {"names": names, "filled_with_null": filled, "json_encoded": _encode_mixed(rows, names),
+            "dropped": {k: v for k, v in dropped.items() if v}}
+
+
+def _encode_mixed(rows: list[dict[str, Any]], names: list[str]) -> dict[str, int]:
+    """Provenance columns whose values share no Arrow type become JSON text (nulls stay null), losslessly.
+
+    (`datasets`' own `Json` type would read a string such as "3" back as the number 3.)
+    """
+    import pyarrow as pa
+
+    encoded: dict[str, int] = {}
     for name in names:
-        for key in keys[start:start + counts[name]]:
-            out[name].extend(groups[key])
-        start += counts[name]
+        try:
+            pa.array([r[name] for r in rows])
+            continue
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            if name in NEVER_NULL:
+                raise ExportError(f"column {name!r} mixes value types across rows ({exc}); are some rows "
+                                  "plain text and others chat messages?") from exc
+        for r in rows:
+            if r[name] is not None:
+                r[name] = json.dumps(r[name], ensure_ascii=False)
+        encoded[name] = sum(1 for r in rows if r[name] is not None)
+    return encoded
+
+
+def prompt_key(row: dict[str, Any]) -> str:
+    """The prompt's content id: a hash of its messages' roles and text, nothing user-supplied."""
+    messages = row["prompt"] if "prompt" in row else row["messages"][:-1]
+    return stable_hash([[m["role"], m["content"]] for m in messages])
+
+
+def split_of(key: str, split: dict[str, float], seed: int) -> str:
+    """The split a prompt belongs to: a uniform number from hash(seed, key) on the cumulative fractions."""
+    u = int(stable_hash([seed, key])[:15], 16) / 16 ** 15
+    names = [name for name in split if split[name] > 0]
+    total, edge = sum(split[name] for name in names), 0.0
+    for name in names:
+        edge += split[name] / total
+        if u < edge:
+            return name
+    return names[-1]  # u within rounding of 1.0
+
+
+def split_rows(rows: list[dict[str, Any]], split: dict[str, float], seed: int) -> dict[str, list[dict[str, Any]]]:
+    """Rows by split, each prompt placed by its content alone, so pairs of one prompt never straddle."""
+    if not split or sum(split.values()) <= 0 or any(v < 0 for v in split.values()):
+        raise ExportError(f"bad split {split}: fractions must be >= 0 and add up to more than 0")
+    out: dict[str, list[dict[str, Any]]] = {name: [] for name in split}
+    for r in rows:
+        out[split_of(prompt_key(r), split, seed)].append(r)
     return out
 
 
@@ -146,24 +225,41 @@ def parse_blend(text: str) -> tuple[str, float]:
 def export_run(run_dir: str | Path, fmt: str, out: str | Path, *, split: str = "train=0.9,test=0.1", seed: int = 0,
                blends: Iterable[str] = (), chat_template_model: str = "smollm2") -> dict[str, Any]:
     run_path, out_path = Path(run_dir), Path(out)
-    kind, rows = load_run_rows(run_path)
+    if fmt not in ("trl", "nemo"):
+        raise ExportError(f"--format must be trl or nemo; got {fmt!r}")
+    kind, rows, notes = load_run_rows(run_path)
     if not rows:
         raise ExportError(f"{run_path}: no rows to export (see its failures.jsonl)")
     added = blend_rows(kind, rows, [parse_blend(b) for b in blends], seed)
-    splits = split_rows(rows, parse_split(split), seed)
+    columns = {**one_schema(rows), **notes}
+    fractions = parse_split(split)
+    splits = split_rows(rows, fractions, seed)
     if fmt == "trl":
-        from datasets import Dataset, DatasetDict
-
-        DatasetDict({name: Dataset.from_list(part) for name, part in splits.items() if part}).save_to_disk(str(out_path))
-    elif fmt == "nemo":
+        _write_trl(splits, out_path)
+    else:
         out_path.mkdir(parents=True, exist_ok=True)
         (_write_nemo_rl if kind == "rl" else _write_nemo_sl)(splits, out_path, chat_template_model)
-    else:
-        raise ExportError(f"--format must be trl or nemo; got {fmt!r}")
+    prompts = {name: len({prompt_key(r) for r in part}) for name, part in splits.items()}
+    warnings = [f"split {name!r} (asked {fractions[name]:g}) got 0 of {sum(prompts.values())} prompts: each prompt's "
+                "split follows from its content alone, so a small set can leave a split empty"
+                for name in splits if fractions[name] > 0 and not splits[name]]
     report = {"kind": kind, "format": fmt, "out": str(out_path), "rows": {k: len(v) for k, v in splits.items()},
-              "blended": added}
+              "prompts": prompts, "split_by": f"hash of (seed {seed}, prompt messages)", "blended": added,
+              "columns": columns, "warnings": warnings}
     (out_path / "export.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def _write_trl(splits: dict[str, list[dict[str, Any]]], out: Path) -> None:
+    from datasets import Dataset, DatasetDict
+
+    names = [name for name, part in splits.items() if part]
+    whole = Dataset.from_list([r for name in names for r in splits[name]])
+    parts, start = {}, 0
+    for name in names:  # one Dataset, cut into splits, so every split has the same features
+        parts[name] = whole.select(range(start, start + len(splits[name])))
+        start += len(splits[name])
+    DatasetDict(parts).save_to_disk(str(out))
 
 
 def _write_nemo_rl(splits: dict[str, list[dict[str, Any]]], out: Path, model: str) -> None:
@@ -181,11 +277,32 @@ def _write_nemo_rl(splits: dict[str, list[dict[str, Any]]], out: Path, model: st
                 pr.write(json.dumps({"text": prompt}) + "\n")
 
 
+def nemo_sft_record(messages: list[Message], where: str = "row") -> dict[str, Any]:
+    """NeMo's chat SFT record for `messages`, trained on the final assistant reply only.
+
+    NeMo's GPTSFTChatDataset computes no loss on turn 0 or on turns from the `mask` role,
+    and a loss on every other turn; it has no per-turn flag. So everything before the
+    final reply is folded into the one User turn (as an hh-rlhf style transcript when it
+    holds earlier assistant turns), and the final reply is the only Assistant turn.
+    """
+    turns = [m for m in messages if m["role"] != "system"]
+    odd = sorted({m["role"] for m in turns} - set(NEMO_ROLES))
+    if odd or len(turns) < 2 or turns[-1]["role"] != "assistant":
+        raise ExportError(f"{where}: a NeMo SFT row needs user/assistant turns ending in an assistant reply"
+                          + (f"; got roles {odd}" if odd else ""))
+    context = turns[:-1]
+    if len(context) == 1 and context[0]["role"] == "user":
+        user = context[0]["content"]
+    else:
+        user = "\n\n".join(f"{HH_MARKERS[m['role']]}: {m['content']}" for m in context)
+    system = " ".join(m["content"] for m in messages if m["role"] == "system")
+    return {"system": system, "conversations": [{"from": "User", "value": user},
+                                                {"from": "Assistant", "value": turns[-1]["content"]}], "mask": "User"}
+
+
 def _write_nemo_sl(splits: dict[str, list[dict[str, Any]]], out: Path, model: str) -> None:
-    names = {"user": "User", "assistant": "Assistant"}
     for name, rows in splits.items():
         with (out / f"{name}_sft.jsonl").open("w") as fh:
             for r in rows:
-                system = " ".join(m["content"] for m in r["messages"] if m["role"] == "system")
-                turns = [{"from": names[m["role"]], "value": m["content"]} for m in r["messages"] if m["role"] in names]
-                fh.write(json.dumps({"system": system, "conversations": turns, "mask": "User"}) + "\n")
+                record = nemo_sft_record(r["messages"], f"{r['origin']} row {r['id']}")
+                fh.write(json.dumps(record) + "\n")

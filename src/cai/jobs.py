@@ -87,14 +87,19 @@ class EngineSet:
             await engine.aclose()
 
 
-def run_job(*, command: str, stage: str, out: str, inputs: InputConfig, config: Any,
+def run_job(*, out: str, **job: Any) -> JobResult:
+    """Run a job (the arguments of `_run_in`) in `out`, holding its lock until it ends, however it ends."""
+    with RunDir(out) as run:
+        return _run_in(run, **job)
+
+
+def _run_in(run: RunDir, *, command: str, stage: str, inputs: InputConfig, config: Any,
             make_chain: Callable[[EngineSet, RunDir], Chain], write_outputs: Callable[[RunDir], dict[str, int]],
             manifest_parts: dict[str, Any], concurrency: int, show_progress: bool = True,
             console: Console | None = None,
             extra_summary: Callable[[RunDir, dict[str, Any]], dict[str, Any]] | None = None,
             ) -> JobResult:
     console = console or Console(stderr=True)
-    run = RunDir(out)
     total = None
     if inputs.on_bad_input == "error":
         total = check_input(inputs.rows())

@@ -22,21 +22,32 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from cai.constitution import Constitution, Principle
-from cai.engines.base import Engine
+from cai.engines.base import Engine, EngineError
+from cai.few_shot import CotFewShot, load_cot_few_shot
 from cai.parsing import first_json_object
 from cai.prompting import load_prompt_yaml, render, transcript
 from cai.types import Message, Request, SamplingParams, assistant, derive_seed, system, user
 
 
 class LabelFailure(Exception):
-    def __init__(self, reason: str, raw: list[str] | None = None, generated_tokens: int = 0) -> None:
+    """A judge's answer cannot be used: a stable `code`, a message (`reason`), the raw text.
+
+    Codes: `unparsable` (rank-all JSON), `nonfinite_score` (a NaN/inf log-prob),
+    `too_few_judges` (an ensemble below `min_judges`), `judges_cancel_out`,
+    `engine_error` (one judge's engine gave up; only inside ensembles).
+    """
+
+    def __init__(self, reason: str, raw: list[str] | None = None, generated_tokens: int = 0, *,
+                 code: str = "unparsable", judge_failures: list[dict[str, str]] | None = None) -> None:
         super().__init__(reason)
-        self.reason, self.raw, self.generated_tokens = reason, raw or [], generated_tokens
+        self.reason, self.raw, self.generated_tokens, self.code = reason, raw or [], generated_tokens, code
+        self.judge_failures = judge_failures or []
 
 
 @dataclass
@@ -49,6 +60,8 @@ class PairLabel:
     raw: list[str] = field(default_factory=list)
     generated_tokens: int = 0
     agreement: float | None = None
+    judges_answered: int = 1
+    judge_failures: list[dict[str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -61,11 +74,20 @@ class RankLabel:
     shown_order: list[int]
     generated_tokens: int = 0
     agreement: float | None = None
+    judges_answered: int = 1
+    judge_failures: list[dict[str, str]] = field(default_factory=list)
 
 
 def softmax_first(logp_a: float, logp_b: float) -> float:
-    """P(A) from two log-probs, numerically stable."""
-    return 1.0 / (1.0 + math.exp(logp_b - logp_a))
+    """P(A) from two log-probs, stable for any finite gap (no overflow past ~709).
+
+    A non-finite log-prob (NaN, or -inf from a broken engine) raises a `LabelFailure`
+    instead of turning into a NaN label that would read as a preference for (B).
+    """
+    if not (math.isfinite(logp_a) and math.isfinite(logp_b)):
+        raise LabelFailure(f"the judge returned non-finite log-probs ({logp_a}, {logp_b})", code="nonfinite_score")
+    log_total = max(logp_a, logp_b) + math.log1p(math.exp(-abs(logp_a - logp_b)))  # logaddexp
+    return math.exp(logp_a - log_total)
 
 
 def _p_x(p_option_a: float, x_shown_first: bool) -> float:
@@ -80,21 +102,25 @@ def _same_position(p_a_first_order: float, p_a_second_order: float) -> bool:
 class PairwiseLabeler:
     def __init__(self, engine: Engine, constitution: Constitution, *, principles_per_label: int = 1,
                  both_orders: bool = True, seed: int = 0, cot: bool = False,
-                 clamp: tuple[float, float] | None = (0.4, 0.6), cot_max_tokens: int = 192) -> None:
+                 clamp: tuple[float, float] | None = (0.4, 0.6), cot_max_tokens: int = 192,
+                 cot_few_shot: str | CotFewShot = "default") -> None:
         if not constitution.judge_principles:
-            raise ValueError(f"constitution {constitution.name!r} has no judge principles; RL labels need them")
+            raise ValueError(f"constitution {constitution.name!r} has no judge principles; RL labels need them "
+                             "(add them with --judge-principles FILE, e.g. a list of judge questions)")
         self.engine, self.constitution = engine, constitution
         self.m, self.both_orders, self.seed, self.cot = principles_per_label, both_orders, seed, cot
         self.clamp = clamp if cot else None
         self.cot_params = SamplingParams(max_tokens=cot_max_tokens, temperature=0.0)
         self.answers = load_prompt_yaml("judge_answers.yaml")
         self.name = "cot" if cot else "pairwise"
+        # CoT examples: "default" (shipped), "none", our YAML or Anthropic's CoT file (cai.few_shot)
+        self.cot_few_shot = load_cot_few_shot(cot_few_shot) if isinstance(cot_few_shot, str) else cot_few_shot
         self.cot_prefix = self._cot_prefix() if cot else []
 
     def _cot_prefix(self) -> list[Message]:
         """The few-shot turns before every CoT question: rendered once, identical each time."""
         messages: list[Message] = []
-        for ex in load_prompt_yaml("judge_cot_few_shot.yaml")["examples"]:
+        for ex in self.cot_few_shot.examples:
             messages.append(user(render("judge_cot.j2", conversation=ex["conversation"], principle=ex["principle"],
                                         option_a=ex["option_a"], option_b=ex["option_b"])))
             messages.append(assistant(ex["reasoning"] + self.answers["cot"].format(letter=ex["answer"])))
@@ -147,14 +173,17 @@ class PairwiseLabeler:
                          raw=raw, generated_tokens=tokens)
 
 
+_ANSWER_MARKER = re.compile(r"(?:so\s+)?the\s+answer\s+is|answer\s*:", re.IGNORECASE)
+
+
 def _cut_before_answer(text: str) -> str:
-    """Drop the judge's own final answer so both letters can be scored after the reasoning."""
-    lowered = text.lower()
-    for marker in ("so the answer is", "the answer is", "answer:"):
-        at = lowered.find(marker)
-        if at != -1:
-            return text[:at].rstrip()
-    return text.rstrip()
+    """Drop the judge's own final answer so both letters can be scored after the reasoning.
+
+    Cuts at the *last* answer marker: reasoning may use the phrase earlier ("the answer
+    is not obvious because..."), and only the final one is the judge's verdict.
+    """
+    markers = list(_ANSWER_MARKER.finditer(text))
+    return (text[:markers[-1].start()] if markers else text).rstrip()
 
 
 class RankAllLabeler:
@@ -204,47 +233,89 @@ def parse_rank_answer(text: str, k: int) -> tuple[tuple[int, int] | None, str]:
 
 
 class EnsembleLabeler:
-    """Several labellers of one kind; `combine` is 'mean' (probability) or 'vote'."""
+    """Several labellers of one kind; `combine` is 'mean' (probability) or 'vote'.
 
-    def __init__(self, labelers: list[Any], combine: str = "mean") -> None:
+    One rule for every judge's failure, in `compare` and `rank` alike: a judge whose
+    answer is unusable (`LabelFailure`) or whose engine gave up (`EngineError`) is
+    recorded in `judge_failures` with its code and message, and the label is formed from
+    the judges that answered when at least `min_judges` did; otherwise the label fails
+    with code `too_few_judges`. Any other exception is a bug and propagates.
+
+    `vote` counts one vote per judge *and order*: P(x) is the share of votes for x, and
+    each per-order field is the share of that order's votes, so the stored probability
+    is always the mean of its per-order fields.
+    """
+
+    def __init__(self, labelers: list[Any], combine: str = "mean", min_judges: int = 1) -> None:
         if combine not in ("mean", "vote"):
             raise ValueError("combine must be 'mean' or 'vote'")
-        self.labelers, self.combine = labelers, combine
+        if not 1 <= min_judges <= len(labelers):
+            raise ValueError(f"--min-judges must be between 1 and the number of judges ({len(labelers)}); "
+                             f"got {min_judges}")
+        self.labelers, self.combine, self.min_judges = labelers, combine, min_judges
         self.name = labelers[0].name
 
+    async def _answers(self, calls: list[Any]) -> tuple[list[Any], list[dict[str, str]], list[str]]:
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        answered, failures, raw = [], [], []
+        for labeler, result in zip(self.labelers, results, strict=True):
+            judge = labeler.engine.model_id
+            if isinstance(result, LabelFailure):
+                failures.append({"judge": judge, "code": result.code, "reason": result.reason})
+                raw += result.raw
+            elif isinstance(result, EngineError):
+                failures.append({"judge": judge, "code": "engine_error", "reason": str(result)})
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                answered.append(result)
+        if len(answered) < self.min_judges:
+            detail = "; ".join(f"{f['judge']}: {f['code']}" for f in failures)
+            raise LabelFailure(f"{len(answered)} of {len(self.labelers)} judges answered, fewer than --min-judges "
+                               f"{self.min_judges} ({detail})", raw, code="too_few_judges",
+                               judge_failures=failures)
+        return answered, failures, raw
+
     async def compare(self, messages: list[Message], x: str, y: str, key: Sequence[Any]) -> PairLabel:
-        labels: list[PairLabel] = await asyncio.gather(*[lb.compare(messages, x, y, key) for lb in self.labelers])
+        labels, failures, _ = await self._answers([lb.compare(messages, x, y, key) for lb in self.labelers])
+        by_order: list[float | None] = []
+        for slot in (0, 1):
+            values = [lb.p_x_by_order[slot] for lb in labels if lb.p_x_by_order[slot] is not None]
+            if self.combine == "vote":
+                values = [_vote(v) for v in values]
+            by_order.append(sum(values) / len(values) if values else None)
         if self.combine == "mean":
             p = sum(lb.p_x for lb in labels) / len(labels)
         else:
-            p = sum(1.0 if lb.p_x > 0.5 else 0.5 if lb.p_x == 0.5 else 0.0 for lb in labels) / len(labels)
+            present = [v for v in by_order if v is not None]
+            p = sum(present) / len(present)
         direction = p > 0.5
         agreement = sum((lb.p_x > 0.5) == direction for lb in labels) / len(labels)
-        orders = [[lb.p_x_by_order[i] for lb in labels if lb.p_x_by_order[i] is not None] for i in (0, 1)]
         biases = [lb.position_bias for lb in labels if lb.position_bias is not None]
         return PairLabel(
-            p_x=p, p_x_by_order=[sum(o) / len(o) if o else None for o in orders],
+            p_x=p, p_x_by_order=by_order,
             position_bias=(sum(biases) > len(biases) / 2) if biases else None,
             principle_ids=sorted({pid for lb in labels for pid in lb.principle_ids}),
             judges=[j for lb in labels for j in lb.judges], raw=[r for lb in labels for r in lb.raw],
-            generated_tokens=sum(lb.generated_tokens for lb in labels), agreement=agreement)
+            generated_tokens=sum(lb.generated_tokens for lb in labels), agreement=agreement,
+            judges_answered=len(labels), judge_failures=failures)
 
     async def rank(self, messages: list[Message], candidates: list[str], key: Sequence[Any]) -> RankLabel:
-        results = await asyncio.gather(*[lb.rank(messages, candidates, key) for lb in self.labelers],
-                                       return_exceptions=True)
-        labels = [r for r in results if isinstance(r, RankLabel)]
-        failed = [r for r in results if isinstance(r, LabelFailure)]
-        if not labels:
-            raise LabelFailure("rank-all: every judge failed", [t for r in failed for t in r.raw],
-                               sum(r.generated_tokens for r in failed))
+        labels, failures, raw = await self._answers([lb.rank(messages, candidates, key) for lb in self.labelers])
         score = [0] * len(candidates)
         for lb in labels:
             score[lb.chosen] += 1
             score[lb.rejected] -= 1
         chosen, rejected = max(range(len(score)), key=score.__getitem__), min(range(len(score)), key=score.__getitem__)
         if score[chosen] == score[rejected]:
-            raise LabelFailure("rank-all ensemble: the judges cancel out", [t for lb in labels for t in lb.raw])
+            raise LabelFailure("rank-all ensemble: the judges cancel out", [t for lb in labels for t in lb.raw] + raw,
+                               code="judges_cancel_out", judge_failures=failures)
         return RankLabel(chosen=chosen, rejected=rejected, judges=[j for lb in labels for j in lb.judges],
                          raw=[t for lb in labels for t in lb.raw], attempts=sum(lb.attempts for lb in labels),
                          shown_order=labels[0].shown_order, generated_tokens=sum(lb.generated_tokens for lb in labels),
-                         agreement=sum(lb.chosen == chosen for lb in labels) / len(labels))
+                         agreement=sum(lb.chosen == chosen for lb in labels) / len(labels),
+                         judges_answered=len(labels), judge_failures=failures)
+
+
+def _vote(p: float) -> float:
+    return 1.0 if p > 0.5 else 0.5 if p == 0.5 else 0.0

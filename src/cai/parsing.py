@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from typing import Any
@@ -41,22 +42,36 @@ def cleanup_revision(text: str) -> str:
     return text
 
 
-def degenerate_reason(text: str, *, forbidden_copies: tuple[str, ...] = ()) -> str | None:
+@dataclass(frozen=True)
+class Defect:
+    """Why a text cannot be used: a stable `code` for counting, a `message` for people."""
+
+    code: str
+    message: str
+
+
+def find_defect(text: str, *, forbidden_copies: tuple[str, ...] = ()) -> Defect | None:
     """Why `text` must not become training data, or None when it is usable."""
     stripped = text.strip()
     if not stripped:
-        return "empty"
+        return Defect("empty", "empty")
     if not re.search(r"\w", stripped):
-        return "no words"
+        return Defect("no_words", "no words")
     words = stripped.lower().split()
     if len(words) >= 12 and len(set(words)) / len(words) < 0.25:
-        return "repetitive (fewer than 25% distinct words)"
+        return Defect("repetitive", "repetitive (fewer than 25% distinct words)")
     if _repeated_ngram_share(words, 4) > 0.5:
-        return "repetitive (one phrase makes up over half the text)"
+        return Defect("repetitive", "repetitive (one phrase makes up over half the text)")
     for other in forbidden_copies:
         if other and stripped.lower() == other.strip().lower():
-            return "copies the request instead of answering it"
+            return Defect("copies_request", "copies the request instead of answering it")
     return None
+
+
+def degenerate_reason(text: str, *, forbidden_copies: tuple[str, ...] = ()) -> str | None:
+    """The message of `find_defect`, or None when the text is usable."""
+    defect = find_defect(text, forbidden_copies=forbidden_copies)
+    return defect.message if defect else None
 
 
 def _repeated_ngram_share(words: list[str], n: int) -> float:

@@ -22,17 +22,21 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, 
                            TimeRemainingColumn)
 
 from cai.data import BadRow, InputError, PromptRow
-from cai.store import Store
+from cai.store import Store, StoreError
 
 OnBadInput = Literal["error", "skip"]
 
 
 class ChainFailure(Exception):
-    """A row cannot produce usable output; `stage` and `reason` go to failures.jsonl."""
+    """A row cannot produce usable output; `stage`, `code` and `reason` go to failures.jsonl.
 
-    def __init__(self, stage: str, reason: str, trace: dict[str, Any] | None = None) -> None:
+    `code` is a stable machine-readable reason (`empty`, `truncated`, `too_few_candidates`,
+    ...) that summaries count by; `reason` is the message for people.
+    """
+
+    def __init__(self, stage: str, reason: str, trace: dict[str, Any] | None = None, *, code: str = "failed") -> None:
         super().__init__(f"{stage}: {reason}")
-        self.stage, self.reason, self.trace = stage, reason, trace or {}
+        self.stage, self.reason, self.trace, self.code = stage, reason, trace or {}, code
 
 
 @dataclass
@@ -44,9 +48,9 @@ class RunCounts:
     resumed: int = 0
     failure_reasons: dict[str, int] = field(default_factory=dict)
 
-    def note_failure(self, stage: str, reason: str) -> None:
+    def note_failure(self, stage: str, code: str) -> None:
         self.failed += 1
-        key = f"{stage}: {reason}"
+        key = f"{stage}: {code}"
         self.failure_reasons[key] = self.failure_reasons.get(key, 0) + 1
 
 
@@ -78,6 +82,13 @@ async def run_rows(rows: Iterable[PromptRow | BadRow], chain: Chain, *, store: S
                         console=console, disable=not show_progress, transient=False)
     bar = progress.add_task(stage, total=total, tps="0", failed=0)
 
+    fatal: list[BaseException] = []
+
+    def finished(task: asyncio.Task) -> None:
+        tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            fatal.append(task.exception())  # type: ignore[arg-type]
+
     def advance() -> None:
         rate = (tokens() if tokens else 0) / max(1e-6, time.perf_counter() - started)
         progress.update(bar, advance=1, tps=f"{rate:,.0f}", failed=counts.failed)
@@ -88,12 +99,14 @@ async def run_rows(rows: Iterable[PromptRow | BadRow], chain: Chain, *, store: S
             store.put_result(stage, row.id, idx, "ok", record)
             counts.ok += 1
         except ChainFailure as exc:
-            store.put_result(stage, row.id, idx, "failed", _failure(row, exc.stage, exc.reason, exc.trace))
-            counts.note_failure(exc.stage, exc.reason)
+            store.put_result(stage, row.id, idx, "failed", _failure(row, exc.stage, exc.code, exc.reason, exc.trace))
+            counts.note_failure(exc.stage, exc.code)
+        except StoreError:  # the run can record nothing more: it stops (never a row failure)
+            raise
         except Exception as exc:  # noqa: BLE001 - one row's crash must not end the run
             reason = f"{type(exc).__name__}: {exc}"
-            store.put_result(stage, row.id, idx, "failed", _failure(row, "engine", reason, {}))
-            counts.note_failure("engine", type(exc).__name__)
+            store.put_result(stage, row.id, idx, "failed", _failure(row, "engine", "engine_error", reason, {}))
+            counts.note_failure("engine", "engine_error")
         finally:
             slots.release()
             advance()
@@ -103,9 +116,10 @@ async def run_rows(rows: Iterable[PromptRow | BadRow], chain: Chain, *, store: S
             counts.total += 1
             if isinstance(row, BadRow):
                 store.put_result(stage, f"bad-input:{row.source}", idx, "failed",
-                                 {"id": None, "source": row.source, "stage": "input", "reason": row.reason})
+                                 {"id": None, "source": row.source, "stage": "input", "code": "bad_input",
+                                  "reason": row.reason})
                 counts.bad_input += 1
-                counts.note_failure("input", row.reason)
+                counts.note_failure("input", "bad_input")
                 advance()
                 continue
             if row.id in done:
@@ -113,14 +127,20 @@ async def run_rows(rows: Iterable[PromptRow | BadRow], chain: Chain, *, store: S
                 advance()
                 continue
             await slots.acquire()
+            if fatal:
+                break
             task = asyncio.create_task(one(row, idx))
             tasks.add(task)
-            task.add_done_callback(tasks.discard)
-        if tasks:
-            await asyncio.gather(*tasks)
+            task.add_done_callback(finished)
+        if fatal:  # stop the rest; what finished is in the store
+            for task in tasks:
+                task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if fatal:
+            raise fatal[0]
     return counts
 
 
-def _failure(row: PromptRow, stage: str, reason: str, trace: dict[str, Any]) -> dict[str, Any]:
-    return {"id": row.id, "source": row.source, "stage": stage, "reason": reason,
+def _failure(row: PromptRow, stage: str, code: str, reason: str, trace: dict[str, Any]) -> dict[str, Any]:
+    return {"id": row.id, "source": row.source, "stage": stage, "code": code, "reason": reason,
             "messages": row.messages, "trace": trace}

@@ -32,6 +32,11 @@ class RecipeConfig:
     max_tokens: int = 64
     train_steps: int = 4
     seed: int = 0
+    #: `cai rl` drops pairs with |2p - 1| < 0.1 by default, to keep near coin flips out of
+    #: exports a hard-label trainer might read. The recipe trains on soft labels, where such
+    #: a pair carries almost no weight, and its demo-scale judge is a 135M model whose
+    #: labels are nearly all below 0.1, so it keeps every labelled pair.
+    min_margin: float = 0.0
 
 
 def _train(out: Path, make: Any) -> dict[str, Any]:
@@ -60,7 +65,7 @@ def run_recipe(config: RecipeConfig, *, show_progress: bool = True) -> dict[str,
     stages["sft"] = f"{rep['steps']} steps, final loss {rep['final_loss']}"
     rl = run_rl(RLConfig(prompts=config.prompts, out=str(root / "rl"), policy=f"hf:{sft_out}", judges=[config.model],
                          candidates=config.candidates, max_tokens=config.max_tokens, limit=config.limit,
-                         seed=config.seed), show_progress=show_progress, console=console)
+                         seed=config.seed, min_margin=config.min_margin), show_progress=show_progress, console=console)
     pairs = rl.summary["files"].get("preferences.jsonl", 0)
     stages["rl"] = f"{pairs} preference pairs, position-bias rate {rl.summary.get('position_bias_rate')}"
     if pairs == 0:

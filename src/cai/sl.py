@@ -7,7 +7,9 @@ Per prompt (Bai et al. 2022, section 3):
    request, then rewrites it under the principle's revision request. Each step sees the
    whole conversation so far, after the few-shot examples;
 3. revisions are cleaned of lead-ins; an empty or degenerate revision fails the row with
-   its reason and the partial trace; it never becomes training data.
+   its reason code and the partial trace; it never becomes training data. A final
+   revision cut off at `max_tokens` (finish reason `length`) fails with code `truncated`
+   unless `keep_truncated` is set, which keeps it flagged `truncated: true` in sl.jsonl.
 
 `build_*` functions only build messages and `SLChain` only orchestrates, so prompt
 building is testable without a model. Outputs: `sl.jsonl` (full trace), `sft.jsonl`
@@ -16,62 +18,19 @@ building is testable without a model. Outputs: `sl.jsonl` (full trace), `sft.jso
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from importlib import resources
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
-
-import yaml
 
 from cai.constitution import Constitution, Principle
 from cai.data import PromptRow
 from cai.engines.base import Engine
+from cai.few_shot import FEW_SHOT_KEYS, FewShot, load_few_shot  # noqa: F401  (moved there; kept importable here)
 from cai.jobs import JobConfig
-from cai.parsing import cleanup_revision, degenerate_reason
+from cai.parsing import cleanup_revision, find_defect
 from cai.pipeline import ChainFailure
-from cai.types import Completion, Message, Request, SamplingParams, assistant, derive_seed, system, user
+from cai.types import Completion, Message, Request, SamplingParams, assistant, derive_seed, user
 
 STAGE = "sl"
-
-
-@dataclass
-class FewShot:
-    system: str = ""
-    examples: list[dict[str, str]] = field(default_factory=list)
-    source: str = "none"
-
-    def prefix(self) -> list[Message]:
-        """The messages put before every critique/revision request, identical each time."""
-        messages: list[Message] = [system(self.system)] if self.system else []
-        for ex in self.examples:
-            messages += [user(ex["prompt"]), assistant(ex["response"]),
-                         user(ex["critique_request"]), assistant(ex["critique"]),
-                         user(ex["revision_request"]), assistant(ex["revision"])]
-        return messages
-
-
-FEW_SHOT_KEYS = ("prompt", "response", "critique_request", "critique", "revision_request", "revision")
-
-
-def load_few_shot(ref: str) -> FewShot:
-    """`default` (shipped), `none`, or a YAML file with `system` and `examples`."""
-    if ref == "none":
-        return FewShot()
-    if ref == "default":
-        text = (resources.files("cai") / "prompts" / "sl_few_shot.yaml").read_text("utf-8")
-        source = "cai:prompts/sl_few_shot.yaml"
-    else:
-        path = Path(ref)
-        if not path.exists():
-            raise ValueError(f"few-shot file {ref!r} does not exist (or use 'default' / 'none')")
-        text, source = path.read_text("utf-8"), str(path)
-    data = yaml.safe_load(text) or {}
-    examples = data.get("examples") or []
-    for i, ex in enumerate(examples):
-        missing = [k for k in FEW_SHOT_KEYS if not isinstance(ex, dict) or not ex.get(k)]
-        if missing:
-            raise ValueError(f"{source}: few-shot example {i + 1} is missing {missing}")
-    return FewShot(system=str(data.get("system") or "").strip(), examples=examples, source=source)
 
 
 def build_critique_messages(few_shot: FewShot, conversation: list[Message], principle: Principle) -> list[Message]:
@@ -91,6 +50,7 @@ class SLSettings:
     max_tokens: int = 256
     temperature: float = 0.7
     top_p: float = 1.0
+    keep_truncated: bool = False
 
 
 def _usage(*completions: Completion) -> dict[str, int]:
@@ -114,8 +74,9 @@ class SLChain:
         trace: dict[str, Any] = {"id": row.id, "source": row.source, "messages": row.messages, "rounds": []}
         initial = await self._ask(row.messages, self._params(row, "initial"))
         trace["initial"] = initial.to_dict()
-        if degenerate_reason(initial.text):
-            raise ChainFailure("initial answer", degenerate_reason(initial.text) or "", trace)
+        defect = find_defect(initial.text)
+        if defect:
+            raise ChainFailure("initial answer", defect.message, trace, code=defect.code)
         conversation = row.messages + [assistant(initial.text)]
         completions = [initial]
         principles = self.constitution.sample_sl(self.settings.rounds, self.settings.seed, row.id)
@@ -133,11 +94,17 @@ class SLChain:
                 "revision_request": principle.revision, "revision_raw": revision.text, "revision": cleaned,
                 "revision_finish": revision.finish_reason, "usage": _usage(critique, revision),
             })
-            reason = degenerate_reason(cleaned, forbidden_copies=(principle.revision, principle.critique))
-            if reason:
-                raise ChainFailure(f"round {number} revision", reason, trace)
+            defect = find_defect(cleaned, forbidden_copies=(principle.revision, principle.critique))
+            if defect:
+                raise ChainFailure(f"round {number} revision", defect.message, trace, code=defect.code)
             conversation = conversation + [user(principle.critique), assistant(critique.text),
                                            user(principle.revision), assistant(cleaned)]
+        if revision.finish_reason == "length":  # the SFT target would end mid-sentence
+            if not self.settings.keep_truncated:
+                raise ChainFailure(f"round {len(principles)} revision",
+                                   f"the final revision was cut off at --max-tokens {self.settings.max_tokens}",
+                                   trace, code="truncated")
+            trace["truncated"] = True
         trace["final"] = conversation[-1]["content"]
         trace["principle_ids"] = [p.id for p in principles]
         trace["usage"] = _usage(*completions)
@@ -156,12 +123,14 @@ class SLConfig(JobConfig):
 
     model: str = "smollm2"
     constitution: str = "default"
+    judge_principles: str | None = None  # a second file whose judge questions join the constitution
     few_shot: str = "default"
     rounds: int = 4
     seed: int = 0
     max_tokens: int = 256
     temperature: float = 0.7
     top_p: float = 1.0
+    keep_truncated: bool = False
 
 
 def run_sl(config: SLConfig, *, show_progress: bool = True, console: Any = None) -> Any:
@@ -170,10 +139,10 @@ def run_sl(config: SLConfig, *, show_progress: bool = True, console: Any = None)
 
     if config.rounds < 1:
         raise ValueError("--rounds must be at least 1")
-    constitution = load_constitution(config.constitution)
+    constitution = load_constitution(config.constitution, judge_principles=config.judge_principles)
     few_shot = load_few_shot(config.few_shot)
     settings = SLSettings(rounds=config.rounds, seed=config.seed, max_tokens=config.max_tokens,
-                          temperature=config.temperature, top_p=config.top_p)
+                          temperature=config.temperature, top_p=config.top_p, keep_truncated=config.keep_truncated)
     inputs = config.inputs()
 
     def make_chain(engines: Any, run: Any) -> SLChain:

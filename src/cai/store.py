@@ -8,15 +8,23 @@ Two tables:
   rows that are `ok` and retries failed ones (their finished calls replay from `calls`).
   Output files are written from this table, so a killed run never leaves duplicates.
 
-Not here: what a record contains (the pipelines decide) and file formats (`cai.run`).
+SQLite in WAL mode keeps every committed call and row through a `kill -9` (the next
+open replays or discards the log). Whatever SQLite reports as wrong with the file (not a
+database, malformed, disk full, read-only) becomes a `StoreError` that names the file
+and what to do; a store that fails SQLite's quick check on open is never reused.
+
+Not here: what a record contains (the pipelines decide), file formats and the run's
+lock (`cai.run`).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,66 +41,113 @@ CREATE TABLE IF NOT EXISTS results (
 """
 
 
+class StoreError(RuntimeError):
+    """The run directory or its store cannot be used (corrupt, locked, full, read-only)."""
+
+
+def explain(path: Path, exc: BaseException) -> str:
+    """One line naming the file, what went wrong and what to do about it."""
+    text = str(exc)
+    lowered = text.lower()
+    code = getattr(exc, "errno", None)
+    if code == errno.ENOSPC or "disk is full" in lowered or "no space" in lowered:
+        return (f"{path}: disk full ({text}); everything finished so far is kept. "
+                "Free some space, then re-run the same command to resume.")
+    if code in (errno.EROFS, errno.EACCES, errno.EPERM) or "readonly" in lowered or "unable to open" in lowered:
+        return f"{path}: cannot write here ({text}); cai needs a writable --out to record progress."
+    if "malformed" in lowered or "not a database" in lowered:
+        return (f"{path}: the store is corrupt ({text}); it will not be reused. Move it aside to start "
+                "this run again from nothing (its cached calls are lost), or restore it from a backup.")
+    return f"{path}: {text}"
+
+
 class Store:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("PRAGMA synchronous=NORMAL")
-        self.conn.executescript(_SCHEMA)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(explain(self.path, exc)) from exc
+        try:
+            with self._errors():
+                self.conn.execute("PRAGMA journal_mode=WAL")
+                self.conn.execute("PRAGMA synchronous=NORMAL")
+                problems = [r[0] for r in self.conn.execute("PRAGMA quick_check(3)")]
+                if problems != ["ok"]:
+                    raise sqlite3.DatabaseError("database disk image is malformed: " + "; ".join(problems))
+                self.conn.executescript(_SCHEMA)
+        except StoreError:
+            self.conn.close()
+            raise
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        """Turn SQLite's errors into a StoreError that names this store."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise StoreError(explain(self.path, exc)) from exc
 
     def close(self) -> None:
         self.conn.close()
 
     # ---- calls ---------------------------------------------------------------------
     def get_call(self, key: str) -> Any | None:
-        row = self.conn.execute("SELECT response FROM calls WHERE key=?", (key,)).fetchone()
+        with self._errors():
+            row = self.conn.execute("SELECT response FROM calls WHERE key=?", (key,)).fetchone()
         return json.loads(row[0]) if row else None
 
     def put_call(self, key: str, kind: str, model: str, request: Any, response: Any) -> None:
-        self.conn.execute(
-            "INSERT OR REPLACE INTO calls VALUES (?,?,?,?,?,?)",
-            (key, kind, model, json.dumps(request, ensure_ascii=False),
-             json.dumps(response, ensure_ascii=False), time.time()),
-        )
+        with self._errors():
+            self.conn.execute(
+                "INSERT OR REPLACE INTO calls VALUES (?,?,?,?,?,?)",
+                (key, kind, model, json.dumps(request, ensure_ascii=False),
+                 json.dumps(response, ensure_ascii=False), time.time()),
+            )
 
     def count_calls(self, kind: str | None = None) -> int:
-        if kind is None:
-            return self.conn.execute("SELECT COUNT(*) FROM calls").fetchone()[0]
-        return self.conn.execute("SELECT COUNT(*) FROM calls WHERE kind=?", (kind,)).fetchone()[0]
+        with self._errors():
+            if kind is None:
+                return self.conn.execute("SELECT COUNT(*) FROM calls").fetchone()[0]
+            return self.conn.execute("SELECT COUNT(*) FROM calls WHERE kind=?", (kind,)).fetchone()[0]
 
     # ---- results -------------------------------------------------------------------
     def put_result(self, stage: str, row_id: str, idx: int, status: str, record: dict[str, Any]) -> None:
-        self.conn.execute(
-            "INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?)",
-            (stage, row_id, idx, status, json.dumps(record, ensure_ascii=False), time.time()),
-        )
+        with self._errors():
+            self.conn.execute(
+                "INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?)",
+                (stage, row_id, idx, status, json.dumps(record, ensure_ascii=False), time.time()),
+            )
 
     def done_ids(self, stage: str) -> set[str]:
-        rows = self.conn.execute("SELECT row_id FROM results WHERE stage=? AND status='ok'", (stage,))
-        return {r[0] for r in rows}
+        with self._errors():
+            rows = self.conn.execute("SELECT row_id FROM results WHERE stage=? AND status='ok'", (stage,))
+            return {r[0] for r in rows}
 
     def entries(self, stage: str) -> Iterator[tuple[str, dict[str, Any]]]:
         """(status, record) for every row of a stage, in input order."""
-        for status, record in self.conn.execute(
-                "SELECT status, record FROM results WHERE stage=? ORDER BY idx", (stage,)):
-            yield status, json.loads(record)
+        with self._errors():
+            for status, record in self.conn.execute(
+                    "SELECT status, record FROM results WHERE stage=? ORDER BY idx", (stage,)):
+                yield status, json.loads(record)
 
     def results(self, stage: str, status: str | None = None) -> Iterator[dict[str, Any]]:
         sql, args = "SELECT record FROM results WHERE stage=?", [stage]
         if status:
             sql += " AND status=?"
             args.append(status)
-        for (record,) in self.conn.execute(sql + " ORDER BY idx", args):
-            yield json.loads(record)
+        with self._errors():
+            for (record,) in self.conn.execute(sql + " ORDER BY idx", args):
+                yield json.loads(record)
 
     def count_results(self, stage: str, status: str | None = None) -> int:
         sql, args = "SELECT COUNT(*) FROM results WHERE stage=?", [stage]
         if status:
             sql += " AND status=?"
             args.append(status)
-        return self.conn.execute(sql, args).fetchone()[0]
+        with self._errors():
+            return self.conn.execute(sql, args).fetchone()[0]
 
 
 class CachedEngine(Engine):

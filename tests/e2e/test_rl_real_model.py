@@ -21,7 +21,8 @@ def rl_run(tmp_path_factory):
          "What's the best way to hide money from the tax office?"])])
     out = tmp / "rl"
     proc = cai("rl", "--prompts", str(prompts), "--out", str(out), "--policy", "smollm2", "--judge", "smollm2",
-               "--candidates", "2", "--labeler", "pairwise", "--max-tokens", "40", "--quiet")
+               "--candidates", "2", "--labeler", "pairwise", "--max-tokens", "40", "--quiet",
+               "--min-margin", "0")  # the 135M judge's labels are near coin flips; the machinery is under test
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
 
@@ -58,7 +59,8 @@ def test_export_loads_into_trl_dpo_and_reward_trainers(rl_run, tmp_path) -> None
     from cai.engines.models import resolve_model_path
 
     ds = load_from_disk(str(tmp_path / "trl"))
-    assert set(ds["train"].column_names) >= {"prompt", "chosen", "rejected", "p_chosen", "margin"}
+    assert set(ds["train"].column_names) >= {"prompt", "chosen", "rejected", "p_chosen", "label_margin"}
+    assert "margin" not in ds["train"].column_names  # TRL's RewardTrainer would fold it into its loss
     path = resolve_model_path("smollm2")
     tok = AutoTokenizer.from_pretrained(path)
     common = dict(output_dir=str(tmp_path / "o"), max_steps=1, per_device_train_batch_size=2, report_to=[],
@@ -79,7 +81,7 @@ def test_cot_and_rank_all_on_the_real_model(tmp_path, labeler) -> None:
                                                  {"id": "y", "prompt": "How do I steal a car?"}])
     out = tmp_path / labeler
     proc = cai("rl", "--prompts", str(prompts), "--out", str(out), "--labeler", labeler, "--candidates", "3",
-               "--max-tokens", "32", "--judge-max-tokens", "48", "--rank-retries", "1", "--quiet")
+               "--max-tokens", "32", "--judge-max-tokens", "48", "--rank-retries", "1", "--quiet", "--min-margin", "0")
     assert proc.returncode == 0, proc.stderr[-3000:]
     prefs = read_jsonl(out / "preferences.jsonl")
     failures = read_jsonl(out / "failures.jsonl")

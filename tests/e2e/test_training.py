@@ -87,16 +87,17 @@ def test_reward_dpo_and_rloo(runs, tmp_path) -> None:
     pm = tmp_path / "pm"
     report = reward.main(reward.RewardWrapperConfig(data=str(runs / "rl"), out=str(pm), **STEPS))
     _check(report, pm)
-    assert report["soft_labels"] is True
+    assert report["soft_labels"] == "soft" and report["rows_with_p_chosen"] == report["train_rows"] > 0
+    assert "labels: soft (default: the data has p_chosen)" in (pm / "README.md").read_text()
     from transformers import AutoModelForSequenceClassification
 
     assert AutoModelForSequenceClassification.from_pretrained(pm).config.num_labels == 1
 
     out = tmp_path / "dpo"
-    report = dpo.main(dpo.DPOWrapperConfig(data=str(runs / "rl"), out=str(out), soft_labels="smoothing",
-                                           min_margin=0.1, **STEPS))
+    report = dpo.main(dpo.DPOWrapperConfig(data=str(runs / "rl"), out=str(out), min_margin=0.1, **STEPS))
     _check(report, out)
-    assert report["label_smoothing"] == pytest.approx(0.3)  # every fake label had p_chosen = 0.7
+    assert report["soft_labels"] == "soft" and report["pairs_filtered"] == 0  # every fake label had p = 0.7
+    assert report["rows_with_p_chosen"] == report["train_rows"] > 0
     _loads_and_generates(out)
 
     rl_out = tmp_path / "rloo"
@@ -104,6 +105,48 @@ def test_reward_dpo_and_rloo(runs, tmp_path) -> None:
                                                max_completion_length=16, **STEPS))
     _check(report, rl_out)
     _loads_and_generates(rl_out)
+
+
+def _weights(model_dir, cls) -> dict:
+    return {k: v.clone() for k, v in cls.from_pretrained(model_dir).state_dict().items()}
+
+
+def _max_difference(a: dict, b: dict) -> float:
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+def test_soft_and_hard_labels_train_different_models(tmp_path) -> None:
+    """Same data, same seed: only the labels differ, and so do the trained parameters."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    from cai.train import dpo, reward
+
+    def turn(role, text):
+        return [{"role": role, "content": text}]
+
+    rows = [{"prompt": turn("user", f"How should I answer question {i}?"),
+             "chosen": turn("assistant", f"Politely and honestly, number {i}."),
+             "rejected": turn("assistant", "No."), "p_chosen": p, "label_margin": None if p is None else abs(2 * p - 1),
+             "margin": 5.0}  # an old export's column: dropped before TRL (tests/unit/test_train_config.py)
+            for i, p in enumerate([0.55, 0.9, None, 0.6])]
+    data = write_jsonl(tmp_path / "prefs.jsonl", rows)
+    steps = dict(STEPS, max_steps=1, batch_size=4, learning_rate=1e-4)  # one step on all four pairs
+    for name, main, config_cls, model_cls in [
+            ("reward", reward.main, reward.RewardWrapperConfig, AutoModelForSequenceClassification),
+            ("dpo", dpo.main, dpo.DPOWrapperConfig, AutoModelForCausalLM)]:
+        weights = {}
+        for mode in ("soft", "hard"):
+            out = tmp_path / f"{name}-{mode}"
+            report = main(config_cls(data=str(data), out=str(out), soft_labels=mode, **steps))
+            assert report["steps"] == 1 and report["losses_finite"] and report["trainable_tensors_changed"] > 0
+            assert (report["soft_labels"], report["rows_with_p_chosen"], report["train_rows"]) == (mode, 3, 4)
+            weights[mode] = _weights(out, model_cls)
+        assert _max_difference(weights["soft"], weights["hard"]) > 1e-6, name
+    # the control: the same labels twice give the same model, so the difference above is the labels'
+    again = tmp_path / "reward-hard-again"
+    reward.main(reward.RewardWrapperConfig(data=str(data), out=str(again), soft_labels="hard", **steps))
+    assert _max_difference(_weights(again, AutoModelForSequenceClassification),
+                           _weights(tmp_path / "reward-hard", AutoModelForSequenceClassification)) == 0.0
 
 
 def test_cli_config_file_and_errors(runs, tmp_path) -> None:
@@ -115,6 +158,8 @@ def test_cli_config_file_and_errors(runs, tmp_path) -> None:
     assert '"final_loss"' in proc.stdout  # the report is printed too
     bad = cai("train", "dpo", "--data", str(runs / "sl"), "--out", str(tmp_path / "x"))
     assert bad.returncode == 2 and "preferences.jsonl" in bad.stderr
+    ignored = cai("train", "dpo", "--data", str(runs / "rl"), "--out", str(tmp_path / "x"), "--label-smoothing", "0.1")
+    assert ignored.returncode == 2 and "would ignore it" in ignored.stderr
 
 
 def test_recipe_end_to_end_and_resume(tmp_path) -> None:

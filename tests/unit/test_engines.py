@@ -38,3 +38,35 @@ async def test_cached_engine_answers_from_store(tmp_path) -> None:
     scores = await engine.score([{"role": "user", "content": "q"}], ["a", "bb"])
     assert scores == await engine.score([{"role": "user", "content": "q"}], ["a", "bb"])
     assert engine.store.count_calls("score") == 1
+
+
+def test_builtin_specs_resolve_in_a_fresh_process() -> None:
+    """`parse_spec('smollm2')` failed in a new process: the alias was looked up before the
+    built-in engines (which register it) were loaded."""
+    import subprocess
+    import sys
+
+    code = "from cai.engines.base import parse_spec; print(parse_spec('smollm2'), parse_spec('fake:echo'))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "('hf', 'smollm2') ('fake', 'echo')" in proc.stdout
+
+
+def test_an_installed_package_adds_an_engine_through_an_entry_point(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    (tmp_path / "cai_plugin_demo.py").write_text(
+        "from cai.engines.base import register_engine\n"
+        "from cai.engines.fake import FakeEngine\n"
+        "def register():\n"
+        "    register_engine('plugdemo', FakeEngine)\n")
+    info = tmp_path / "cai_plugin_demo-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: cai-plugin-demo\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[cai.engines]\nplugdemo = cai_plugin_demo:register\n")
+    code = "from cai.engines import load_engine; print(load_engine('plugdemo:echo').model_id)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**__import__("os").environ, "PYTHONPATH": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "fake:echo"

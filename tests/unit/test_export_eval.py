@@ -37,7 +37,7 @@ def test_rl_all_pairs_and_provenance(rl_run) -> None:
     assert len(prefs) == 3 * 3  # 3 prompts x C(3, 2) pairs
     for p in prefs:
         assert len(p["chosen"][0]["content"]) > len(p["rejected"][0]["content"])
-        assert p["p_chosen"] == pytest.approx(0.8) and p["margin"] == pytest.approx(0.6)
+        assert p["p_chosen"] == pytest.approx(0.8) and p["label_margin"] == pytest.approx(0.6)
         assert p["position_bias"] is False
     summary = json.loads((rl_run / "summary.json").read_text())
     assert summary["position_bias_rate"] == 0.0 and summary["labels"] == 9
@@ -56,7 +56,8 @@ def test_best_worst_and_min_margin(tmp_path, prompts_file) -> None:
     failures = read_jsonl(strict / "failures.jsonl")
     assert len(failures) == 3 and all("below --min-margin" in f["reason"] and f["pair"] for f in failures)
     summary = json.loads((strict / "summary.json").read_text())
-    assert summary["pairs_dropped"] == {"margin 0.600": 3}
+    assert summary["pairs_dropped"] == {"below_min_margin": 3}
+    assert all(f["code"] == "below_min_margin" for f in failures)
 
 
 def test_temperature_sweep_records_sampling(tmp_path, prompts_file) -> None:
@@ -96,11 +97,13 @@ def test_nemo_sl_export_and_bad_runs(tmp_path, prompts_file) -> None:
         export_run(tmp_path, "trl", tmp_path / "x")
 
 
-def test_split_is_seeded() -> None:
-    rows = [{"prompt": [{"role": "user", "content": str(i)}]} for i in range(20)]
+def test_split_is_seeded_per_prompt_and_follows_the_fractions() -> None:
+    rows = [{"prompt": [{"role": "user", "content": str(i)}]} for i in range(1000)]
     a = split_rows(rows, {"train": 0.8, "test": 0.2}, seed=1)
     assert a == split_rows(rows, {"train": 0.8, "test": 0.2}, seed=1)
-    assert (len(a["train"]), len(a["test"])) == (16, 4)
+    assert len(a["train"]) + len(a["test"]) == 1000 and 750 <= len(a["train"]) <= 850  # ~binomial(1000, 0.8)
+    few = split_rows(rows[:10], {"train": 0.8, "test": 0.2}, seed=1)  # a prompt's split ignores the other rows
+    assert few["test"] == [r for r in a["test"] if r in rows[:10]]
 
 
 def test_read_pairs_from_hh(hh_file, tmp_path) -> None:

@@ -133,7 +133,8 @@ def test_rank_answer_parsing_rejects(text, problem) -> None:
 def ranker(request, k):
     user_text = request.messages[-1]["content"]
     # find where GOOD and BAD were shown after shuffling, answer by content
-    shown = [part.split("\n", 1)[1].strip() for part in user_text.split("Reply ")[1:] if "\n" in part]
+    shown = [part.split("\n", 1)[1].strip().removeprefix("> ")  # candidates are quoted line by line
+             for part in user_text.split("Reply ")[1:] if "\n" in part]
     good = next(i for i, t in enumerate(shown, 1) if t.startswith(GOOD))
     bad = next(i for i, t in enumerate(shown, 1) if t.startswith(BAD))
     return f'Thinking... {{"most_aligned": {good}, "least_aligned": {bad}}}'

@@ -18,7 +18,14 @@ PromptsOpt = Annotated[str, typer.Option("--prompts", "-p", help="Prompt file: .
                                          "folder saved by datasets; hh-rlhf transcripts are understood.")]
 OutOpt = Annotated[str, typer.Option("--out", "-o", help="Run directory. Re-running on the same directory resumes.")]
 ConstitutionOpt = Annotated[str, typer.Option(help="Shipped name (default) or a file: our YAML, Anthropic's "
-                                              "CritiqueRevisionInstructions JSON, or a list of principles (.txt/.json).")]
+                                              "CritiqueRevisionInstructions JSON, a list of principles (.txt/.json), "
+                                              "or a YAML naming sl_principles and judge_principles files.")]
+JudgePrinciplesOpt = Annotated[Optional[str], typer.Option(
+    help="A second file whose judge questions replace the constitution's, e.g. Anthropic's RL principle list "
+         "(RLMadisonInstructions.json) beside --constitution CritiqueRevisionInstructions.json; one hash covers "
+         "both.")]
+CotFewShotOpt = Annotated[str, typer.Option(help="CoT labeller examples: 'default' (shipped), 'none', our YAML, or "
+                                            "Anthropic's RLMadisonPrecogFewShotPrompts.json shape.")]
 PromptFieldOpt = Annotated[str, typer.Option(help="Column holding the prompt; 'auto' tries prompt, question, "
                                              "instruction, messages, then an hh-rlhf 'chosen' transcript.")]
 HHModeOpt = Annotated[str, typer.Option(help="For multi-turn inputs: 'first' human turn only, or the whole "

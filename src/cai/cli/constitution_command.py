@@ -8,18 +8,19 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cai.cli.common import app
+from cai.cli.common import JudgePrinciplesOpt, app
 
 constitution_app = typer.Typer(help="Inspect constitutions.", no_args_is_help=True)
 app.add_typer(constitution_app, name="constitution")
 
 
 @constitution_app.command("show")
-def show(ref: Annotated[str, typer.Argument(help="Shipped name or file.")] = "default") -> None:
-    """List the principles of a constitution, with its hash."""
+def show(ref: Annotated[str, typer.Argument(help="Shipped name or file.")] = "default",
+         judge_principles: JudgePrinciplesOpt = None) -> None:
+    """List the principles of a constitution, with its hash (over every part)."""
     from cai.constitution import load_constitution
 
-    c = load_constitution(ref)
+    c = load_constitution(ref, judge_principles=judge_principles)
     table = Table(title=f"{c.name} ({c.source}) hash {c.hash}")
     for column in ("id", "critique", "revision", "judge"):
         table.add_column(column, overflow="fold")

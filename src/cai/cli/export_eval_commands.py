@@ -9,7 +9,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cai.cli.common import ConcurrencyOpt, ConstitutionOpt, EngineOptionOpt, LimitOpt, OnBadOpt, QuietOpt, SeedOpt, app
+from cai.cli.common import (ConcurrencyOpt, ConstitutionOpt, CotFewShotOpt, EngineOptionOpt, JudgePrinciplesOpt,
+                            LimitOpt, OnBadOpt, QuietOpt, SeedOpt, app)
 from cai.cli.rl_command import JudgeOpt, LabelerOpt, parse_floats
 
 eval_app = typer.Typer(help="Evaluate judges and models.", no_args_is_help=True)
@@ -22,7 +23,9 @@ def export(
     out: Annotated[str, typer.Option("--out", "-o", help="Where to write the export.")],
     format: Annotated[str, typer.Option("--format", "-f", help="trl: a DatasetDict saved to disk; nemo: "
                                         "NeMo-Aligner JSONL files.")] = "trl",
-    split: Annotated[str, typer.Option(help="Seeded split by prompt, e.g. train=0.9,test=0.1.")] = "train=0.9,test=0.1",
+    split: Annotated[str, typer.Option(help="Split fractions, e.g. train=0.9,test=0.1. Each prompt's split follows "
+                                       "from --seed and its content alone, so it is the same in every export.")
+                     ] = "train=0.9,test=0.1",
     blend: Annotated[Optional[list[str]], typer.Option(help="FILE:RATIO helpfulness rows per CAI row; "
                                                        "repeatable. TRL rows or hh-rlhf transcripts.")] = None,
     chat_template_model: Annotated[str, typer.Option(help="Model whose chat template renders NeMo "
@@ -35,6 +38,8 @@ def export(
     report = export_run(run, format, out, split=split, seed=seed, blends=blend or [],
                         chat_template_model=chat_template_model)
     typer.echo(json.dumps(report, indent=2))
+    for warning in report["warnings"]:
+        Console(stderr=True).print(f"[yellow]warning:[/] {warning}", highlight=False)
 
 
 @eval_app.command("judge")
@@ -45,10 +50,14 @@ def eval_judge(
     judge: JudgeOpt = None,
     labeler: LabelerOpt = "pairwise",
     constitution: ConstitutionOpt = "default",
+    judge_principles: JudgePrinciplesOpt = None,
+    cot_few_shot: CotFewShotOpt = "default",
     both_orders: bool = True,
     principles_per_label: int = 1,
     clamp: str = "0.4,0.6",
     combine: str = "mean",
+    min_judges: Annotated[int, typer.Option(help="Ensembles: a label needs at least this many judges to "
+                                            "answer.")] = 1,
     judge_max_tokens: int = 192,
     rank_retries: int = 2,
     seed: SeedOpt = 0,
@@ -64,8 +73,10 @@ def eval_judge(
 
     bounds = parse_floats(clamp, "--clamp") or [0.4, 0.6]
     config = JudgeEvalConfig(pairs=pairs, out=out, judges=judge or ["smollm2"], labeler=labeler,
-                             constitution=constitution, both_orders=both_orders,
+                             constitution=constitution, judge_principles=judge_principles,
+                             cot_few_shot=cot_few_shot, both_orders=both_orders,
                              principles_per_label=principles_per_label, clamp=(bounds[0], bounds[1]), combine=combine,
+                             min_judges=min_judges,
                              judge_max_tokens=judge_max_tokens, rank_retries=rank_retries, seed=seed, limit=limit,
                              on_bad_input=on_bad_input, concurrency=concurrency,
                              engine_options=parse_option_pairs(engine_option or []))

@@ -6,8 +6,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from cai.cli.common import (ConcurrencyOpt, ConstitutionOpt, EngineOptionOpt, HHModeOpt, LimitOpt, OnBadOpt, OutOpt,
-                            PromptFieldOpt, PromptsOpt, QuietOpt, SeedOpt, app, check_choice)
+from cai.cli.common import (ConcurrencyOpt, ConstitutionOpt, CotFewShotOpt, EngineOptionOpt, HHModeOpt,
+                            JudgePrinciplesOpt, LimitOpt, OnBadOpt, OutOpt, PromptFieldOpt, PromptsOpt, QuietOpt,
+                            SeedOpt, app, check_choice)
 
 LabelerOpt = Annotated[str, typer.Option(help="pairwise: the paper's (A)/(B) log-prob soft labels; cot: reasoning "
                                          "first, probabilities clamped; rank-all: NeMo-style most/least aligned "
@@ -32,6 +33,8 @@ def rl(
     judge: JudgeOpt = None,
     labeler: LabelerOpt = "pairwise",
     constitution: ConstitutionOpt = "default",
+    judge_principles: JudgePrinciplesOpt = None,
+    cot_few_shot: CotFewShotOpt = "default",
     candidates: Annotated[int, typer.Option(help="K candidates per prompt, sampled at --temperature.")] = 2,
     temperature: float = 0.8,
     temperatures: Annotated[Optional[str], typer.Option(
@@ -45,8 +48,11 @@ def rl(
                                                       "principles.")] = 1,
     clamp: Annotated[str, typer.Option(help="CoT probability clamp 'lo,hi'.")] = "0.4,0.6",
     combine: Annotated[str, typer.Option(help="Ensemble of judges: 'mean' probability or 'vote'.")] = "mean",
-    min_margin: Annotated[float, typer.Option(help="Drop pairs with |2p-1| below this (kept in "
-                                              "failures.jsonl).")] = 0.0,
+    min_judges: Annotated[int, typer.Option(help="Ensembles: a label needs at least this many judges to answer; "
+                                            "each judge's failure is recorded with its reason.")] = 1,
+    min_margin: Annotated[float, typer.Option(help="Drop pairs with |2p-1| below this (kept in failures.jsonl "
+                                              "with code below_min_margin): near coin flips are not preferences. "
+                                              "0 keeps every labelled pair.")] = 0.1,
     judge_max_tokens: Annotated[int, typer.Option(help="Max tokens of CoT reasoning / rank-all answers.")] = 192,
     rank_retries: Annotated[int, typer.Option(help="Rank-all: retries after an unparsable answer.")] = 2,
     seed: SeedOpt = 0,
@@ -76,10 +82,11 @@ def rl(
     if len(bounds) != 2 or not 0 <= bounds[0] <= bounds[1] <= 1:
         raise typer.BadParameter("--clamp must be 'lo,hi' with 0 <= lo <= hi <= 1")
     config = RLConfig(prompts=prompts, out=out, policy=policy, judges=judge or ["smollm2"], labeler=labeler,
-                      constitution=constitution, candidates=candidates, temperature=temperature,
+                      constitution=constitution, judge_principles=judge_principles, cot_few_shot=cot_few_shot,
+                      candidates=candidates, temperature=temperature,
                       temperatures=parse_floats(temperatures, "--temperatures"), max_tokens=max_tokens, pairs=pairs,
                       both_orders=both_orders, principles_per_label=principles_per_label,
-                      clamp=(bounds[0], bounds[1]), combine=combine, min_margin=min_margin,
+                      clamp=(bounds[0], bounds[1]), combine=combine, min_judges=min_judges, min_margin=min_margin,
                       judge_max_tokens=judge_max_tokens, rank_retries=rank_retries, seed=seed,
                       prompt_field=prompt_field, hh_mode=hh_mode, limit=limit, on_bad_input=on_bad_input,
                       concurrency=concurrency, engine_options=parse_option_pairs(engine_option or []))

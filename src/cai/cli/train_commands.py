@@ -21,21 +21,21 @@ app.add_typer(train_app, name="train")
 Data = Annotated[Optional[str], typer.Option(help="A cai run directory, a dataset saved by `cai export`, or a "
                                              "TRL-format JSONL.")]
 Model = Annotated[Optional[str], typer.Option(help="smollm2, hf:<dir>, a folder, a GGUF or a Hub id "
-                                              "[default: smollm2].")]
+                                              "(default: smollm2).")]
 Out = Annotated[Optional[str], typer.Option("--out", "-o", help="Where the trained model goes.")]
 Config = Annotated[Optional[str], typer.Option("--config", help="YAML file of options (same names).")]
-MaxSteps = Annotated[Optional[int], typer.Option(help="Stop after N optimizer steps [default: whole epochs].")]
-Epochs = Annotated[Optional[float], typer.Option(help="Epochs [default: 1].")]
+MaxSteps = Annotated[Optional[int], typer.Option(help="Stop after N optimizer steps (default: whole epochs).")]
+Epochs = Annotated[Optional[float], typer.Option(help="Epochs (default: 1).")]
 LR = Annotated[Optional[float], typer.Option("--learning-rate", "--lr", help="Learning rate.")]
-Batch = Annotated[Optional[int], typer.Option(help="Per-device batch size [default: 4].")]
-MaxLen = Annotated[Optional[int], typer.Option(help="Max tokens per example [default: 512].")]
+Batch = Annotated[Optional[int], typer.Option(help="Per-device batch size (default: 4).")]
+MaxLen = Annotated[Optional[int], typer.Option(help="Max tokens per example (default: 512).")]
 Lora = Annotated[Optional[bool], typer.Option("--lora/--full", help="LoRA adapters (merged on save) instead of "
-                                              "full fine-tuning [default: full].")]
-LoraR = Annotated[Optional[int], typer.Option(help="LoRA rank [default: 16].")]
+                                              "full fine-tuning (default: full).")]
+LoraR = Annotated[Optional[int], typer.Option(help="LoRA rank (default: 16).")]
 LoraTargets = Annotated[Optional[str], typer.Option(help="Comma-separated LoRA target modules "
-                                                    "[default: q_proj,k_proj,v_proj,o_proj].")]
-Bf16 = Annotated[Optional[bool], typer.Option("--bf16/--fp32", help="Mixed precision [default: fp32].")]
-Seed = Annotated[Optional[int], typer.Option(help="Seed [default: 0].")]
+                                                    "(default: q_proj,k_proj,v_proj,o_proj).")]
+Bf16 = Annotated[Optional[bool], typer.Option("--bf16/--fp32", help="Mixed precision (default: fp32).")]
+Seed = Annotated[Optional[int], typer.Option(help="Seed (default: 0).")]
 
 
 def _common(**kw: Any) -> dict[str, Any]:
@@ -72,36 +72,48 @@ def reward(data: Data = None, model: Model = None, out: Out = None, config: Conf
            max_steps: MaxSteps = None, epochs: Epochs = None, learning_rate: LR = None, batch_size: Batch = None,
            max_length: MaxLen = None, lora: Lora = None, lora_r: LoraR = None, lora_targets: LoraTargets = None,
            bf16: Bf16 = None, seed: Seed = None,
-           margin_scale: Annotated[Optional[float], typer.Option(help="Multiplies the soft-label margin in the "
-                                                                 "loss; 0 = hard labels [default: 1].")] = None) -> None:
-    """A preference model on AI labels (soft labels enter as TRL's margin)."""
+           soft_labels: Annotated[Optional[str], typer.Option(
+               help="soft: fit each pair's judge probability p_chosen with the soft Bradley-Terry loss "
+                    "-(p·log σ(Δr) + (1-p)·log σ(-Δr)); hard: -log σ(Δr), every pair certain; margin: TRL's "
+                    "margin column, -log σ(Δr - |2p-1|·scale) (default: soft when the data has p_chosen, "
+                    "else hard).")] = None,
+           margin_scale: Annotated[Optional[float], typer.Option(help="Multiplies |2p-1| with --soft-labels margin "
+                                                                 "(an error with any other mode) (default: 1)."
+                                                                 )] = None) -> None:
+    """A preference model on AI labels (soft labels by default when the data has p_chosen)."""
     from cai.train.reward import RewardWrapperConfig, main
 
     _run(main, RewardWrapperConfig, config, dict(data=data, model=model, out=out, max_steps=max_steps, epochs=epochs,
                                                  learning_rate=learning_rate, batch_size=batch_size,
                                                  max_length=max_length, lora=lora, lora_r=lora_r,
                                                  lora_targets=lora_targets, bf16=bf16, seed=seed,
-                                                 margin_scale=margin_scale))
+                                                 soft_labels=soft_labels, margin_scale=margin_scale))
 
 
 @train_app.command("dpo")
 def dpo(data: Data = None, model: Model = None, out: Out = None, config: Config = None, max_steps: MaxSteps = None,
         epochs: Epochs = None, learning_rate: LR = None, batch_size: Batch = None, max_length: MaxLen = None,
         lora: Lora = None, lora_r: LoraR = None, lora_targets: LoraTargets = None, bf16: Bf16 = None,
-        seed: Seed = None, beta: Annotated[Optional[float], typer.Option(help="DPO beta [default: 0.1].")] = None,
-        min_margin: Annotated[Optional[float], typer.Option(help="Drop pairs below this margin.")] = None,
-        soft_labels: Annotated[Optional[str], typer.Option(help="'smoothing': cDPO label smoothing from the "
-                                                           "judge's mean uncertainty [default: none].")] = None,
-        label_smoothing: Annotated[Optional[float], typer.Option(help="Explicit cDPO label smoothing.")] = None,
+        seed: Seed = None, beta: Annotated[Optional[float], typer.Option(help="DPO beta (default: 0.1).")] = None,
+        min_margin: Annotated[Optional[float], typer.Option(help="Drop pairs whose label margin |2p-1| is below "
+                                                            "this (counted in the report) (default: 0).")] = None,
+        soft_labels: Annotated[Optional[str], typer.Option(
+            help="soft: each pair's p_chosen is the target on the implicit reward, -(p·log σ(βh) + "
+                 "(1-p)·log σ(-βh)) (cDPO with a per-pair ε = 1-p; needs --loss-type sigmoid); hard: TRL's "
+                 "loss unchanged (default: soft when the data has p_chosen, else hard).")] = None,
+        loss_type: Annotated[Optional[str], typer.Option(help="TRL's DPO loss type (default: sigmoid).")] = None,
+        label_smoothing: Annotated[Optional[float], typer.Option(
+            help="TRL's global ε, read only by --loss-type robust, exo_pair, aot or aot_unpaired (an error with "
+                 "any other).")] = None,
         ) -> None:
-    """Direct preference optimisation on AI labels."""
+    """Direct preference optimisation on AI labels (soft labels by default when the data has p_chosen)."""
     from cai.train.dpo import DPOWrapperConfig, main
 
     _run(main, DPOWrapperConfig, config, dict(data=data, model=model, out=out, max_steps=max_steps, epochs=epochs,
                                               learning_rate=learning_rate, batch_size=batch_size,
                                               max_length=max_length, lora=lora, lora_r=lora_r,
                                               lora_targets=lora_targets, bf16=bf16, seed=seed, beta=beta,
-                                              min_margin=min_margin, soft_labels=soft_labels,
+                                              min_margin=min_margin, soft_labels=soft_labels, loss_type=loss_type,
                                               label_smoothing=label_smoothing))
 
 
@@ -112,8 +124,8 @@ def ppo(data: Data = None, model: Model = None, out: Out = None, config: Config 
         seed: Seed = None,
         reward_model: Annotated[Optional[str], typer.Option(help="The preference model (cai train reward).")] = None,
         algo: Annotated[Optional[str], typer.Option(help="rloo (default) or grpo; TRL 1.x has no PPOTrainer.")] = None,
-        num_generations: Annotated[Optional[int], typer.Option(help="Samples per prompt [default: 2].")] = None,
-        max_completion_length: Annotated[Optional[int], typer.Option(help="[default: 64]")] = None) -> None:
+        num_generations: Annotated[Optional[int], typer.Option(help="Samples per prompt (default: 2).")] = None,
+        max_completion_length: Annotated[Optional[int], typer.Option(help="(default: 64)")] = None) -> None:
     """Optimise the policy against the preference model (RLOO or GRPO from TRL)."""
     from cai.train.policy import PolicyRLConfig, main
 

@@ -10,7 +10,8 @@ An engine does two things, both async and both batched by the engine itself:
 Model specs name an engine by prefix, like simonw/llm's registry:
 `smollm2` (the embedded default), `hf:<folder, gguf or hub id>`,
 `openai:<model>@<base_url>[,<base_url>...]`, `vllm:<folder or hub id>`, `fake:<script>`.
-Every engine, the test fake included, is found through `register_engine`.
+Every engine, the test fake included, is found through `register_engine`; another
+package adds one through an entry point in the group `cai.engines`.
 
 Each engine has a pydantic `Options` model; unknown or ill-typed options fail loudly.
 Not here: caching (see `cai.store.CachedEngine`) and concurrency across samples
@@ -72,10 +73,9 @@ def register_alias(name: str, spec: str) -> None:
 
 
 def parse_spec(spec: str) -> tuple[str, str]:
+    _load_builtin_engines()  # they register the aliases too, so load them before looking one up
     spec = _ALIASES.get(spec, spec)
     prefix, sep, rest = spec.partition(":")
-    if not sep or prefix not in _REGISTRY:
-        _load_builtin_engines()
     if not sep or prefix not in _REGISTRY:
         known = ", ".join(sorted([f"{p}:..." for p in _REGISTRY] + list(_ALIASES)))
         raise EngineError(f"unknown model spec {spec!r}; expected one of: {known}")
@@ -123,3 +123,19 @@ def _load_builtin_engines() -> None:
         except ModuleNotFoundError as exc:
             if exc.name != f"cai.engines.{module}":
                 raise
+    _load_plugin_engines()
+
+
+def _load_plugin_engines() -> None:
+    """Engines from other packages, as `llm` plugins do it: an entry point in the group
+    `cai.engines` names a module (importing it calls `register_engine`) or a function
+    to call. A plugin that fails to load is an error naming it, never silently skipped."""
+    from importlib.metadata import entry_points
+
+    for point in entry_points(group="cai.engines"):
+        try:
+            loaded = point.load()
+            if callable(loaded) and not isinstance(loaded, type):
+                loaded()
+        except Exception as exc:
+            raise EngineError(f"engine plugin {point.name!r} ({point.value}) failed to load: {exc}") from exc

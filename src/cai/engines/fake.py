@@ -65,8 +65,16 @@ class FakeEngine(Engine):
                 raise EngineError("scripted failure")
             texts = [self.script.respond(request, k) for k in range(request.params.n)]
             prompt_tokens = sum(len(m["content"].split()) for m in request.messages)
-            out.append([Completion(t, "stop", prompt_tokens, len(t.split())) for t in texts])
+            out.append([self._complete(t, request.params.max_tokens, prompt_tokens) for t in texts])
         return out
+
+    @staticmethod
+    def _complete(text: str, max_tokens: int, prompt_tokens: int) -> Completion:
+        """A word is a token: a reply longer than `max_tokens` words is cut, finish 'length'."""
+        words = text.split()
+        if len(words) > max_tokens:
+            return Completion(" ".join(words[:max_tokens]), "length", prompt_tokens, max_tokens)
+        return Completion(text, "stop", prompt_tokens, len(words))
 
     async def score(self, messages: Sequence[Message], continuations: Sequence[str]) -> list[float]:
         await asyncio.sleep(0)

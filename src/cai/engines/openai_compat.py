@@ -10,10 +10,20 @@ recorded in failures.jsonl, and the run goes on.
 - `generate`: `/chat/completions`. If a server returns fewer than `n` choices (llama.cpp
   ignores `n`), the rest are fetched as separate requests, and that URL is remembered:
   once every URL is known to ignore `n`, the n requests go out together from the start.
-- `score`: `/completions` with `echo` + `logprobs` on the prompt rendered by the model's
+- `score`: `/completions` with `echo` + `logprobs` on the prompt built by the model's
   chat template (from a local tokenizer: the `tokenizer` option, or the model name when
-  it resolves locally). The continuation's tokens are found from the echoed token texts.
-  A server without echoed log-probs gets a clear error naming what it lacks.
+  it resolves locally). The prompt goes out as token ids from `cai.engines.chat_tokens`,
+  so message content can never become a control token (vLLM, SGLang and OpenAI accept
+  token-id prompts; one probe request asks the server once). A server that refuses them
+  (llama-cpp-python's does) gets text instead, and then a prompt or continuation holding
+  control-token text (`<|im_end|>`...) is refused with an error instead of being sent. The
+  continuation's tokens are found from the echoed token texts. A server without echoed
+  log-probs gets a clear error naming what it lacks.
+
+Limit: `/chat/completions` sends messages, and the *server* renders and tokenizes them.
+Whether "<|im_end|>" inside a message becomes a control token there is the server's
+choice (vLLM and llama.cpp make it one today), so generation through this engine is
+not protected the way the local engines (`hf:`, `vllm:`) are.
 
 The API key comes from the environment variable named by `api_key_env`; it is never
 written anywhere (`describe()` names the variable, not the key).
@@ -28,6 +38,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from cai.engines.base import Engine, EngineError, EngineOptions, register_engine
+from cai.engines.chat_tokens import check_tokenizer, content_is_plain, encode_chat, encode_text, render_chat
 from cai.types import Completion, Message, Request, SamplingParams
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
@@ -40,7 +51,8 @@ class OpenAIOptions(EngineOptions):
     timeout_s: float = 300.0
     backoff_base_s: float = 0.5
     backoff_max_s: float = 30.0
-    #: model whose chat template renders prompts for scoring (`smollm2`, a folder, a hub id)
+    #: the served model's tokenizer, whose chat template and token ids build scoring prompts
+    #: (`smollm2`, a folder, a hub id); default: the model name, where it resolves locally
     tokenizer: str | None = None
 
 
@@ -80,6 +92,9 @@ class OpenAIEngine(Engine):
         self._limit: asyncio.Semaphore | None = None
         self._client: httpx.AsyncClient | None = None
         self._tokenizer: Any = None
+        #: whether the server takes token-id prompts on /completions (None: not known yet)
+        self.token_prompts: bool | None = None
+        self._probe_lock: asyncio.Lock | None = None
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "base_urls": self.base_urls, "api_key_env": self.options.api_key_env}
@@ -186,6 +201,7 @@ class OpenAIEngine(Engine):
 
     # ---- scoring ---------------------------------------------------------------------
     def _chat_template(self) -> Any:
+        """The served model's tokenizer, loaded locally once."""
         if self._tokenizer is None:
             from transformers import AutoTokenizer
 
@@ -193,20 +209,30 @@ class OpenAIEngine(Engine):
 
             ref = self.options.tokenizer or self.model
             try:
-                self._tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(ref))
+                tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(ref))
             except Exception as exc:  # noqa: BLE001 - explained below
                 raise EngineError(
                     f"scoring through {self.model_id} needs the model's chat template from a local tokenizer; "
                     f"{ref!r} could not be loaded ({exc}). Pass -E tokenizer=<folder, gguf or smollm2>.") from exc
+            check_tokenizer(tokenizer, self.model_id)
+            self._tokenizer = tokenizer
         return self._tokenizer
 
     async def score(self, messages: Sequence[Message], continuations: Sequence[str]) -> list[float]:
-        prompt = self._chat_template().apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
-        return list(await asyncio.gather(*[self._score_one(prompt, c) for c in continuations]))
+        return list(await asyncio.gather(*[self._score_one(messages, c) for c in continuations]))
 
-    async def _score_one(self, prompt: str, continuation: str) -> float:
-        body = {"model": self.model, "prompt": prompt + continuation, "max_tokens": 1, "temperature": 0.0,
-                "echo": True, "logprobs": 1}
+    async def _score_one(self, messages: Sequence[Message], continuation: str) -> float:
+        tokenizer = self._chat_template()
+        if await self._takes_token_prompts() is not False:
+            prompt: list[int] | str = encode_chat(tokenizer, messages) + encode_text(tokenizer, continuation)
+        elif content_is_plain(tokenizer, messages, continuation):
+            prompt = render_chat(tokenizer, messages) + continuation
+        else:
+            raise EngineError(f"{self.model_id}: the server takes only text prompts, and this prompt or continuation "
+                              "holds control-token text (such as <|im_end|>) that the server would read as real "
+                              "control tokens; not scored")
+        body = {"model": self.model, "prompt": prompt, "max_tokens": 1, "temperature": 0.0, "echo": True,
+                "logprobs": 1}
         try:
             _, data = await self._post("/completions", body)
         except EngineError as exc:
@@ -219,6 +245,36 @@ class OpenAIEngine(Engine):
             raise EngineError(f"{self.model_id}: the server answered /completions without echoed prompt log-probs; "
                               "it cannot be used for log-prob labels (try --labeler rank-all)")
         return continuation_logprob(tokens, values, continuation)
+
+    async def _takes_token_prompts(self) -> bool | None:
+        """Whether /completions takes a prompt of token ids, asked once (None: not known yet)."""
+        if self.token_prompts is None:
+            lock = self._probe_lock = self._probe_lock or asyncio.Lock()
+            if lock.locked():  # another request is asking: take its answer, even "not known"
+                async with lock:
+                    pass
+            else:
+                async with lock:
+                    self.token_prompts = await self._probe_token_prompts()
+        return self.token_prompts
+
+    async def _probe_token_prompts(self) -> bool | None:
+        """One request, no retries. A refusal is a 4xx, or llama-cpp-python's 500 naming the
+        prompt field; a transient failure decides nothing (the real request retries)."""
+        import httpx
+
+        body = {"model": self.model, "prompt": encode_text(self._chat_template(), "Hello"), "max_tokens": 1,
+                "temperature": 0.0}
+        try:
+            response = await self._http().post(f"{self.base_urls[0]}/completions", json=body)
+        except httpx.TransportError:
+            return None
+        status = response.status_code
+        if status < 300:
+            return True
+        if (400 <= status < 500 and status not in RETRY_STATUS) or (status == 500 and "prompt" in response.text):
+            return False
+        return None
 
 
 def continuation_logprob(tokens: list[str], values: list[float | None], continuation: str) -> float:

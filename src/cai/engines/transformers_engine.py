@@ -6,7 +6,8 @@ parameters, leading tokens and length; this module runs one left-padded
 only the logits of the continuation positions, so memory stays small). A prefix that
 every row of a batch shares (few-shot examples, a system prompt) is prefilled once and
 its KV cache reused by all rows. Nothing is generated one prompt at a time unless only
-one prompt is waiting.
+one prompt is waiting. Prompts are tokenized by `cai.engines.chat_tokens`, so message
+content (prompts, candidates) and scored continuations can never become control tokens.
 
 Specs: `hf:<folder | file.gguf | hub id>` and the embedded default `smollm2`.
 Not here: caching (`cai.store`), sample-level concurrency (`cai.pipeline`).
@@ -19,6 +20,7 @@ from typing import Any, Literal
 
 from cai.engines.base import EngineError, EngineOptions, register_alias, register_engine
 from cai.engines.batching import BatchingEngine, WorkItem
+from cai.engines.chat_tokens import check_tokenizer, encode_chat, encode_text, render_chat
 from cai.engines.models import EMBEDDED_NAME, resolve_model_path
 from cai.types import Completion, Message
 
@@ -73,6 +75,7 @@ class TransformersEngine(BatchingEngine):
         self.device = self._pick_device(torch)
         self.dtype = self._pick_dtype(torch)
         self.tokenizer = AutoTokenizer.from_pretrained(path)
+        check_tokenizer(self.tokenizer, self.model_id)
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -108,13 +111,14 @@ class TransformersEngine(BatchingEngine):
 
     # ---- public API ----------------------------------------------------------------
     def render(self, messages: Sequence[Message]) -> str:
-        return self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
+        """The prompt as text, for reading; the model gets `encode_prompt`'s ids."""
+        return render_chat(self.tokenizer, messages)
 
     def encode_prompt(self, messages: Sequence[Message]) -> list[int]:
-        return self.tokenizer(self.render(messages), add_special_tokens=False)["input_ids"]
+        return encode_chat(self.tokenizer, messages)
 
     def encode_continuation(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return encode_text(self.tokenizer, text)
 
     def _left_pad(self, rows: list[list[int]]) -> tuple[Any, Any]:
         return self._prefix_padded(rows, 0)

@@ -3,8 +3,10 @@
 vLLM does its own continuous batching, so the shared micro-batcher hands it large,
 mixed batches (each request keeps its own sampling parameters) and prefix caching is on:
 the constitution and few-shot prefix, identical byte for byte across requests, is
-computed once. Scoring uses vLLM's prompt log-probs. Optional: `pip install
-'constitutional-ai[vllm]'` on a CUDA machine; the import is guarded with that message.
+computed once. Prompts go in as token ids from `cai.engines.chat_tokens`, so message
+content can never become a control token. Scoring uses vLLM's prompt log-probs.
+Optional: `pip install 'constitutional-ai[vllm]'` on a CUDA machine; the import is
+guarded with that message.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 
 from cai.engines.base import EngineError, EngineOptions, register_engine
 from cai.engines.batching import BatchingEngine, WorkItem
+from cai.engines.chat_tokens import check_tokenizer, encode_chat, encode_text
 from cai.engines.models import resolve_model_path
 from cai.types import Completion, Message
 
@@ -57,16 +60,16 @@ class VLLMEngine(BatchingEngine):
                             enable_prefix_caching=self.options.enable_prefix_caching,
                             load_format=self.options.load_format)
         self.tokenizer = self.llm.get_tokenizer()
+        check_tokenizer(self.tokenizer, self.model_id)
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "path": self.path, "load_format": self.options.load_format}
 
     def encode_prompt(self, messages: Sequence[Message]) -> list[int]:
-        text = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return encode_chat(self.tokenizer, messages)
 
     def encode_continuation(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return encode_text(self.tokenizer, text)
 
     def run_generate_batch(self, batch: list[WorkItem]) -> list[Completion]:
         params = []

@@ -6,7 +6,8 @@
   `cai.engines.models.resolve_model_path`, which converts GGUF once).
 - Outputs in `--out`: the model and tokenizer (LoRA adapters merged, so `hf:<out>` works
   everywhere), `training_log.jsonl`, `loss.png`, and a model card `README.md` with the
-  data, the constitution hash and the hyper-parameters.
+  data, the constitution hash, which labels were trained on (reward and DPO: soft, hard
+  or margin, and how many rows had a p_chosen) and the hyper-parameters.
 """
 
 from __future__ import annotations
@@ -196,7 +197,8 @@ def write_model_card(out: Path, kind: str, config: CommonTrainConfig, report: di
         f"Trained with `cai train {kind}` (constitutional-ai) from `{config.model}`.", "",
         "## Data", "",
         f"- data: `{config.data}`" + (f" (a `cai {prov['command']}` run)" if prov.get("command") else ""),
-        f"- constitution: {constitution.get('name', 'unknown')} (hash `{constitution.get('hash', 'unknown')}`)", "",
+        f"- constitution: {constitution.get('name', 'unknown')} (hash `{constitution.get('hash', 'unknown')}`)",
+        *([f"- labels: {report['labels']}"] if report.get("labels") else []), "",
         "## Result", "",
         f"- steps: {report['steps']}, final loss: {report['final_loss']}", "",
         "## Hyper-parameters", "", "```yaml", yaml.safe_dump(asdict(config), sort_keys=True).strip(), "```", "",

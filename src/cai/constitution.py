@@ -35,10 +35,12 @@ from typing import Any
 
 import yaml
 
+from cai.data import read_user_text
+from cai.errors import CAIError
 from cai.types import derive_seed, stable_hash
 
 
-class ConstitutionError(ValueError):
+class ConstitutionError(CAIError, ValueError):
     pass
 
 
@@ -147,7 +149,7 @@ def _load(ref: str | Path, *, what: str = "constitution", inside: Path | None = 
     if not path.is_file():
         raise ConstitutionError(
             f"{what} {ref_str!r} is neither a shipped name ({', '.join(shipped_constitutions())}) nor a file")
-    text = path.read_text(encoding="utf-8")
+    text = read_user_text(path)
     suffix = path.suffix.lower()
     try:
         if suffix == ".txt":
@@ -204,6 +206,9 @@ def _resolve_part(value: Any, key: str, path: Path) -> str:
 
 def _from_own_yaml(data: dict[str, Any], source: str) -> Constitution:
     principles = []
+    if not isinstance(data.get("principles") or [], list):
+        raise ConstitutionError(f"{source}: 'principles' must be a list of principles, not a "
+                                f"{type(data['principles']).__name__}")
     for i, item in enumerate(data.get("principles") or []):
         if not isinstance(item, dict) or "id" not in item:
             raise ConstitutionError(f"{source}: principle #{i + 1} needs at least an 'id'")

@@ -10,6 +10,10 @@ first human turn or the whole context up to the last human turn becomes the prom
 
 Row ids: an `id` column if the file has one, else a hash of the conversation (with a
 `-2`, `-3` suffix for repeats), so ids survive edits elsewhere in the file.
+
+Every user file is read as UTF-8 (a leading byte-order mark is dropped) through
+`text_lines` / `read_user_text`, so one that is not says so with its file and line,
+never with a bare `UnicodeDecodeError`.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from cai.errors import CAIError
 from cai.types import Message, stable_hash
 
 HHMode = Literal["first", "context"]
@@ -29,8 +34,37 @@ AUTO_FIELDS = ("prompt", "question", "instruction", "messages", "chosen")
 _TURN = re.compile(r"\n\n(Human|Assistant):[ \t]?")
 
 
-class InputError(ValueError):
+class InputError(CAIError, ValueError):
     """A prompt file cannot be read; the message names the file and the line."""
+
+
+def _not_utf8(path: Path, exc: UnicodeDecodeError, line_no: int, column: int) -> InputError:
+    bad = exc.object[exc.start:exc.start + 1].hex()
+    return InputError(f"{path}:{line_no}: not UTF-8 text (byte 0x{bad} at column {column}); save the file as "
+                      "UTF-8, e.g. iconv -f latin1 -t utf-8")
+
+
+def text_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text with its line ending) of a UTF-8 file, decoded line by line so a
+    byte that is not UTF-8 names its line."""
+    with path.open("rb") as fh:
+        for line_no, raw in enumerate(fh, 1):
+            try:
+                yield line_no, raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                raise _not_utf8(path, exc, line_no, exc.start + 1) from None
+
+
+def read_user_text(path: str | Path) -> str:
+    """A whole UTF-8 file (constitutions, few-shot files); not UTF-8 names the file and line."""
+    path = Path(path)
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        seen = exc.object  # the bytes the decoder saw (without a byte-order mark)
+        line_start = seen.rfind(b"\n", 0, exc.start) + 1
+        raise _not_utf8(path, exc, seen.count(b"\n", 0, exc.start) + 1, exc.start - line_start + 1) from None
 
 
 @dataclass
@@ -109,34 +143,40 @@ def _records(path: Path) -> Iterator[tuple[str, dict[str, Any] | BadRow]]:
     if path.is_dir():
         from datasets import DatasetDict, load_from_disk
 
-        ds = load_from_disk(str(path))
+        try:
+            ds = load_from_disk(str(path))
+        except FileNotFoundError as exc:
+            raise InputError(f"{path}: a folder must be a dataset written by datasets' save_to_disk ({exc})") from exc
         if isinstance(ds, DatasetDict):
             split = "train" if "train" in ds else next(iter(ds))
             ds = ds[split]
         for i, rec in enumerate(ds):
             yield f"{path}:row {i + 1}", rec
     elif suffix in (".jsonl", ".json", ".ndjson"):
-        with path.open(encoding="utf-8") as fh:
-            for line_no, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                source = f"{path}:{line_no}"
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    yield source, BadRow(source, f"malformed JSON ({exc.msg} at column {exc.colno})")
-                    continue
-                yield source, rec if isinstance(rec, dict) else BadRow(source, "a line must hold a JSON object")
+        for line_no, line in text_lines(path):
+            if not line.strip():
+                continue
+            source = f"{path}:{line_no}"
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield source, BadRow(source, f"malformed JSON ({exc.msg} at column {exc.colno})")
+                continue
+            yield source, rec if isinstance(rec, dict) else BadRow(source, "a line must hold a JSON object")
     elif suffix == ".csv":
-        with path.open(encoding="utf-8", newline="") as fh:
-            reader = csv.DictReader(fh)
-            for rec in reader:
-                yield f"{path}:{reader.line_num}", rec
+        reader = csv.DictReader(line for _, line in text_lines(path))
+        for rec in reader:
+            yield f"{path}:{reader.line_num}", rec
     elif suffix == ".parquet":
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
+        try:
+            parquet = pq.ParquetFile(path)
+        except (pa.ArrowException, OSError) as exc:
+            raise InputError(f"{path}: not a readable Parquet file ({exc})") from exc
         index = 0
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+        for batch in parquet.iter_batches(batch_size=1024):
             for rec in batch.to_pylist():
                 index += 1
                 yield f"{path}:row {index}", rec
@@ -195,16 +235,19 @@ def _jsonable(value: Any) -> bool:
 
 
 def read_jsonl_records(path: str | Path) -> list[dict[str, Any]]:
-    """Every JSON object of a JSONL file; the first malformed line raises with file:line."""
+    """Every JSON object of a JSONL file; the first malformed line (or one that is not an
+    object) raises with file:line."""
     path = Path(path)
     rows = []
-    with path.open(encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise InputError(f"{path}:{line_no}: malformed JSON ({exc.msg})") from exc
+    for line_no, line in text_lines(path):
+        if line.strip():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"{path}:{line_no}: malformed JSON ({exc.msg})") from exc
+            if not isinstance(rec, dict):
+                raise InputError(f"{path}:{line_no}: a line must hold a JSON object, not a {type(rec).__name__}")
+            rows.append(rec)
     return rows
 
 

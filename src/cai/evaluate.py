@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cai.data import BadRow, InputError, PromptRow, split_hh_pair
+from cai.data import BadRow, InputError, PromptRow, split_hh_pair, text_lines
 from cai.judges import LabelFailure, RankLabel
 from cai.pipeline import ChainFailure
 from cai.types import stable_hash
@@ -36,23 +36,22 @@ def read_pairs(path: str | Path, limit: int | None = None) -> Iterator[PromptRow
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file")
-    with path.open(encoding="utf-8") as fh:
-        produced = 0
-        for line_no, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            if limit is not None and produced >= limit:
-                return
-            produced += 1
-            source = f"{path}:{line_no}"
-            try:
-                rec = json.loads(line)
-                prompt, chosen, rejected = _pair_from(rec)
-            except (json.JSONDecodeError, ValueError, KeyError, TypeError) as exc:
-                yield BadRow(source, f"not a preference pair: {exc}")
-                continue
-            row_id = str(rec.get("id") or "pair-" + stable_hash([prompt, chosen, rejected])[:12])
-            yield PromptRow(id=row_id, messages=prompt, source=source, extra={"chosen": chosen, "rejected": rejected})
+    produced = 0
+    for line_no, line in text_lines(path):
+        if not line.strip():
+            continue
+        if limit is not None and produced >= limit:
+            return
+        produced += 1
+        source = f"{path}:{line_no}"
+        try:
+            rec = json.loads(line)
+            prompt, chosen, rejected = _pair_from(rec)
+        except (json.JSONDecodeError, ValueError, KeyError, TypeError) as exc:
+            yield BadRow(source, f"not a preference pair: {exc}")
+            continue
+        row_id = str(rec.get("id") or "pair-" + stable_hash([prompt, chosen, rejected])[:12])
+        yield PromptRow(id=row_id, messages=prompt, source=source, extra={"chosen": chosen, "rejected": rejected})
 
 
 def _pair_from(rec: dict[str, Any]) -> tuple[list[dict[str, str]], str, str]:
@@ -176,6 +175,7 @@ class JudgeEvalConfig:
     on_bad_input: str = "error"
     concurrency: int = 64
     engine_options: dict[str, Any] = field(default_factory=dict)
+    max_failure_rate: float = 0.5  # stop early when more of the finished pairs failed (cai.pipeline.FailureBudget)
 
 
 def run_judge_eval(config: JudgeEvalConfig, *, show_progress: bool = True, console: Any = None) -> Any:

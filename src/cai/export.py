@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from cai.data import parse_hh_transcript, read_jsonl_records as _read_jsonl, split_hh_pair
+from cai.errors import CAIError
 from cai.types import Message, assistant, stable_hash
 
 PROVENANCE_DEFAULTS: dict[str, Any] = {
@@ -51,7 +52,7 @@ NEMO_ROLES = {"user": "User", "assistant": "Assistant"}
 HH_MARKERS = {"user": "Human", "assistant": "Assistant"}  # hh-rlhf's turn markers, for folded context
 
 
-class ExportError(ValueError):
+class ExportError(CAIError, ValueError):
     pass
 
 
@@ -98,7 +99,10 @@ def _blend_row(kind: str, rec: dict[str, Any], source: str) -> dict[str, Any]:
         if "messages" in rec:
             messages = rec["messages"]
         elif isinstance(rec.get("chosen"), str):
-            messages = parse_hh_transcript(rec["chosen"])
+            try:
+                messages = parse_hh_transcript(rec["chosen"])
+            except ValueError as exc:
+                raise ExportError(f"{source}: {exc}") from exc
         elif "prompt" in rec and "completion" in rec:
             messages = [{"role": "user", "content": rec["prompt"]}, {"role": "assistant", "content": rec["completion"]}]
         else:

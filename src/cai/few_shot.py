@@ -44,6 +44,8 @@ from typing import Any
 
 import yaml
 
+from cai.data import read_user_text
+from cai.errors import CAIError
 from cai.types import Message, assistant, system, user
 
 FEW_SHOT_KEYS = ("prompt", "response", "critique_request", "critique", "revision_request", "revision")
@@ -51,7 +53,7 @@ ROUND_KEYS = FEW_SHOT_KEYS[2:]
 COT_KEYS = ("conversation", "principle", "option_a", "option_b", "reasoning", "answer")
 
 
-class FewShotError(ValueError):
+class FewShotError(CAIError, ValueError):
     pass
 
 
@@ -89,7 +91,7 @@ def _read(ref: str, shipped: str, kind: str) -> tuple[Any, str]:
     path = Path(ref).expanduser()
     if not path.is_file():
         raise FewShotError(f"{kind} file {ref!r} does not exist (or use 'default' / 'none')")
-    text = path.read_text("utf-8")
+    text = read_user_text(path)
     try:
         return (json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)), str(path)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:

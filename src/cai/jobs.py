@@ -3,7 +3,13 @@
 A job (`cai sl`, `cai rl`) is a config dataclass plus a chain. `run_job` opens the run
 directory, validates the input, wraps each engine in the run's call cache, runs the
 chain over every row, rewrites the output files from the store and writes
-`summary.json`, then prints a summary table.
+`summary.json`, then prints a summary table. Engines and the run directory are closed
+however the job ends.
+
+When more than `max_failure_rate` of the rows fail (`cai.pipeline.FailureBudget`), the
+job stops early, still writes its outputs and summary (with `stopped_early`), and then
+raises `FailureBudgetExceeded`, naming the commonest failure and how to go on. A bug
+stops it at once: the outputs are not rewritten, everything finished stays in the store.
 """
 
 from __future__ import annotations
@@ -19,7 +25,8 @@ from rich.table import Table
 
 from cai.data import HHMode, read_prompts
 from cai.engines.base import Engine, load_engine
-from cai.pipeline import Chain, OnBadInput, RunCounts, check_input, run_rows
+from cai.errors import ConfigError, FailureBudgetExceeded
+from cai.pipeline import Chain, FailureBudget, OnBadInput, RunCounts, check_input, run_rows
 from cai.run import RunDir
 from cai.store import CachedEngine
 
@@ -48,6 +55,8 @@ class JobConfig:
     on_bad_input: str = "error"
     concurrency: int = 64
     engine_options: dict[str, Any] = field(default_factory=dict)
+    #: stop early when more than this share of the finished rows failed (1 never stops)
+    max_failure_rate: float = 0.5
 
     def inputs(self) -> InputConfig:
         return InputConfig(prompts=self.prompts, prompt_field=self.prompt_field, hh_mode=self.hh_mode,  # type: ignore[arg-type]
@@ -83,14 +92,30 @@ class EngineSet:
         return {spec: dict(getattr(e.inner, "stats", {})) for spec, e in self.engines.items()}
 
     async def aclose(self) -> None:
+        """Close every engine, even when closing one fails (the first failure is raised)."""
+        errors: list[Exception] = []
         for engine in self.engines.values():
-            await engine.aclose()
+            try:
+                await engine.aclose()
+            except Exception as exc:  # noqa: BLE001 - the others still close; raised below
+                errors.append(exc)
+        if errors:
+            raise errors[0]
 
 
 def run_job(*, out: str, **job: Any) -> JobResult:
     """Run a job (the arguments of `_run_in`) in `out`, holding its lock until it ends, however it ends."""
+    budget = failure_budget(job["config"])
     with RunDir(out) as run:
-        return _run_in(run, **job)
+        return _run_in(run, budget=budget, **job)
+
+
+def failure_budget(config: Any) -> FailureBudget:
+    """The job's failure budget from its config's `max_failure_rate` (0.5 where it has none)."""
+    rate = getattr(config, "max_failure_rate", 0.5)
+    if not isinstance(rate, (int, float)) or not 0 <= rate <= 1:
+        raise ConfigError(f"--max-failure-rate must be between 0 and 1 (1 never stops a run); got {rate!r}")
+    return FailureBudget(max_rate=float(rate))
 
 
 def _run_in(run: RunDir, *, command: str, stage: str, inputs: InputConfig, config: Any,
@@ -98,6 +123,7 @@ def _run_in(run: RunDir, *, command: str, stage: str, inputs: InputConfig, confi
             manifest_parts: dict[str, Any], concurrency: int, show_progress: bool = True,
             console: Console | None = None,
             extra_summary: Callable[[RunDir, dict[str, Any]], dict[str, Any]] | None = None,
+            budget: FailureBudget | None = None,
             ) -> JobResult:
     console = console or Console(stderr=True)
     total = None
@@ -114,7 +140,7 @@ def _run_in(run: RunDir, *, command: str, stage: str, inputs: InputConfig, confi
             run.write_manifest(command, asdict(config), engines=engines.describe(), **manifest_parts)
             return await run_rows(inputs.rows(), chain, store=run.store, stage=stage, concurrency=concurrency,
                                   total=total, tokens=lambda: engines.stat("completion_tokens"),
-                                  show_progress=show_progress, console=console)
+                                  show_progress=show_progress, console=console, budget=budget)
         finally:
             await engines.aclose()
 
@@ -140,17 +166,35 @@ def _run_in(run: RunDir, *, command: str, stage: str, inputs: InputConfig, confi
         "generated_tokens_per_s": round(generated / elapsed, 2) if elapsed > 0 else 0.0,
         "engine_stats": engines.inner_stats(),
     }
+    if counts.stopped_early:
+        assert budget is not None
+        summary["stopped_early"] = budget_message(counts, budget, run)
     if extra_summary:
         summary.update(extra_summary(run, summary))
     run.write_json("summary.json", summary)
     print_summary(console, summary, run)
-    return JobResult(run=run, counts=counts, summary=summary)
+    result = JobResult(run=run, counts=counts, summary=summary)
+    if counts.stopped_early:
+        raise FailureBudgetExceeded(summary["stopped_early"], result)
+    return result
+
+
+def budget_message(counts: RunCounts, budget: FailureBudget, run: RunDir) -> str:
+    failed, finished = counts.row_failures, counts.ok + counts.row_failures
+    reason, rows = counts.commonest_failure()
+    example = counts.failure_examples.get(reason, "")
+    return (f"too many rows failed, so the run stopped there: {failed} of the {finished} rows finished in this "
+            f"run ({failed / finished:.0%}), more than --max-failure-rate {budget.max_rate:g}. "
+            f"Commonest: {reason} ({rows} rows"
+            + (f"; e.g. {example[:200]}" if example else "") + f"). Everything finished is kept in {run.path} "
+            "(see failures.jsonl); fix the cause and re-run the same command to resume (finished rows are "
+            "skipped), or raise --max-failure-rate (1 never stops).")
 
 
 def print_summary(console: Console, summary: dict[str, Any], run: RunDir) -> None:
     table = Table(title=f"{summary['command']} → {run.path}", show_header=False)
     for key, value in summary.items():
-        if key in ("command", "failure_reasons", "files", "engine_stats"):
+        if key in ("command", "failure_reasons", "files", "engine_stats", "stopped_early"):
             continue
         if isinstance(value, dict):
             if value:

@@ -27,8 +27,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from cai.constitution import Constitution, Principle
+from cai.constitution import Constitution, ConstitutionError, Principle
 from cai.engines.base import Engine, EngineError
+from cai.errors import ConfigError
 from cai.few_shot import CotFewShot, load_cot_few_shot
 from cai.parsing import first_json_object
 from cai.prompting import load_prompt_yaml, render, transcript
@@ -105,7 +106,7 @@ class PairwiseLabeler:
                  clamp: tuple[float, float] | None = (0.4, 0.6), cot_max_tokens: int = 192,
                  cot_few_shot: str | CotFewShot = "default") -> None:
         if not constitution.judge_principles:
-            raise ValueError(f"constitution {constitution.name!r} has no judge principles; RL labels need them "
+            raise ConstitutionError(f"constitution {constitution.name!r} has no judge principles; RL labels need them "
                              "(add them with --judge-principles FILE, e.g. a list of judge questions)")
         self.engine, self.constitution = engine, constitution
         self.m, self.both_orders, self.seed, self.cot = principles_per_label, both_orders, seed, cot
@@ -248,9 +249,9 @@ class EnsembleLabeler:
 
     def __init__(self, labelers: list[Any], combine: str = "mean", min_judges: int = 1) -> None:
         if combine not in ("mean", "vote"):
-            raise ValueError("combine must be 'mean' or 'vote'")
+            raise ConfigError("--combine must be 'mean' or 'vote'")
         if not 1 <= min_judges <= len(labelers):
-            raise ValueError(f"--min-judges must be between 1 and the number of judges ({len(labelers)}); "
+            raise ConfigError(f"--min-judges must be between 1 and the number of judges ({len(labelers)}); "
                              f"got {min_judges}")
         self.labelers, self.combine, self.min_judges = labelers, combine, min_judges
         self.name = labelers[0].name
@@ -264,7 +265,7 @@ class EnsembleLabeler:
                 failures.append({"judge": judge, "code": result.code, "reason": result.reason})
                 raw += result.raw
             elif isinstance(result, EngineError):
-                failures.append({"judge": judge, "code": "engine_error", "reason": str(result)})
+                failures.append({"judge": judge, "code": result.code, "reason": str(result)})
             elif isinstance(result, BaseException):
                 raise result
             else:

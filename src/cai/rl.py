@@ -25,6 +25,7 @@ from typing import Any
 
 from cai.data import PromptRow
 from cai.engines.base import Engine
+from cai.errors import ConfigError
 from cai.jobs import JobConfig
 from cai.judges import EnsembleLabeler, LabelFailure, PairLabel, PairwiseLabeler, RankAllLabeler, RankLabel
 from cai.parsing import find_defect
@@ -250,9 +251,9 @@ class RLConfig(JobConfig):
 
 def make_labeler(config: RLConfig, judges: list[Engine], constitution: Any) -> Any:
     if config.labeler not in LABELERS:
-        raise ValueError(f"--labeler must be one of {', '.join(LABELERS)}; got {config.labeler!r}")
+        raise ConfigError(f"--labeler must be one of {', '.join(LABELERS)}; got {config.labeler!r}")
     if config.cot_few_shot != "default" and config.labeler != "cot":
-        raise ValueError(f"--cot-few-shot is used only by --labeler cot, not {config.labeler}")
+        raise ConfigError(f"--cot-few-shot is used only by --labeler cot, not {config.labeler}")
     from cai.few_shot import load_cot_few_shot
 
     cot_few_shot = load_cot_few_shot(config.cot_few_shot if config.labeler == "cot" else "none")
@@ -322,11 +323,11 @@ def run_rl(config: RLConfig, *, show_progress: bool = True, console: Any = None)
     from cai.jobs import run_job
 
     if config.pairs not in ("all", "best-worst"):
-        raise ValueError("--pairs must be 'all' or 'best-worst'")
+        raise ConfigError("--pairs must be 'all' or 'best-worst'")
     if not config.temperatures and config.candidates < 2:
-        raise ValueError("--candidates must be at least 2")
+        raise ConfigError("--candidates must be at least 2")
     if not config.judges:
-        raise ValueError("give at least one --judge")
+        raise ConfigError("give at least one --judge")
     constitution = load_constitution(config.constitution, judge_principles=config.judge_principles)
     settings = RLSettings(candidates=config.candidates, temperature=config.temperature,
                           temperatures=config.temperatures, max_tokens=config.max_tokens, pairs=config.pairs,

@@ -24,6 +24,7 @@ from typing import Any
 from cai.constitution import Constitution, Principle
 from cai.data import PromptRow
 from cai.engines.base import Engine
+from cai.errors import ConfigError
 from cai.few_shot import FEW_SHOT_KEYS, FewShot, load_few_shot  # noqa: F401  (moved there; kept importable here)
 from cai.jobs import JobConfig
 from cai.parsing import cleanup_revision, find_defect
@@ -138,7 +139,7 @@ def run_sl(config: SLConfig, *, show_progress: bool = True, console: Any = None)
     from cai.jobs import run_job
 
     if config.rounds < 1:
-        raise ValueError("--rounds must be at least 1")
+        raise ConfigError("--rounds must be at least 1")
     constitution = load_constitution(config.constitution, judge_principles=config.judge_principles)
     few_shot = load_few_shot(config.few_shot)
     settings = SLSettings(rounds=config.rounds, seed=config.seed, max_tokens=config.max_tokens,

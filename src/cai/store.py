@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from cai.engines.base import Engine
+from cai.errors import CAIError
 from cai.types import Completion, Message, Request, stable_hash
 
 _SCHEMA = """
@@ -41,7 +42,7 @@ CREATE TABLE IF NOT EXISTS results (
 """
 
 
-class StoreError(RuntimeError):
+class StoreError(CAIError, RuntimeError):
     """The run directory or its store cannot be used (corrupt, locked, full, read-only)."""
 
 

@@ -1,7 +1,12 @@
 """The `cai` command line: one Typer app, one module per command group.
 
-Errors a user can fix (bad input, unknown model, bad constitution) print one red line
-naming the file and problem, and exit with status 2; nothing else is swallowed.
+Errors a user can fix (`cai.errors.CAIError`: bad input, bad options, unknown model, bad
+constitution, a run directory in use...) print one red line naming the file and problem
+and exit with their status: 2, or 3 when a run stopped on its failure budget. A missing
+file (`FileNotFoundError`, whose message names it) is treated the same way. Click's usage
+errors keep click's own message. Everything else is a bug and is not caught: Python
+prints the traceback and the exit status is 1. Ctrl-C exits with 130 and says how to
+resume.
 """
 
 from __future__ import annotations
@@ -16,32 +21,24 @@ from rich.markup import escape
 from cai.cli.common import app
 from cai.cli import constitution_command, export_eval_commands, rl_command, sl_command, train_commands  # noqa: F401,E402  (registers commands)
 
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError)
+#: click's usage errors (bad option, bad value); typer >= 0.24 ships its own copy of click
+ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 
 def main() -> None:
-    from cai.constitution import ConstitutionError
-    from cai.data import InputError
-    from cai.engines.base import EngineError
-    from cai.store import StoreError
+    from cai.errors import CAIError
 
     try:
         # outside standalone mode typer *returns* an exit code: 130 for Ctrl-C in a command
         code = app(standalone_mode=False)
-    except (InputError, ConstitutionError, EngineError, StoreError, *USER_ERRORS) as exc:
+    except (CAIError, FileNotFoundError) as exc:
         Console(stderr=True).print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+        sys.exit(getattr(exc, "exit_code", 2))
     except (typer.Abort, KeyboardInterrupt):  # Ctrl-C elsewhere (click turns it into Abort)
         code = 130
-    except SystemExit:
-        raise
-    except Exception as exc:  # click's own usage errors
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
+    except ClickException as exc:
+        exc.show()  # type: ignore[attr-defined]
+        sys.exit(exc.exit_code)  # type: ignore[attr-defined]
     if code == 130:
         resume = escape(shlex.join(["cai", *sys.argv[1:]]))
         Console(stderr=True).print(f"[yellow]interrupted[/]; finished work is kept. To resume, run:\n{resume}",

@@ -39,6 +39,9 @@ EngineOptionOpt = Annotated[Optional[list[str]], typer.Option("--engine-option",
                                                               help="Engine option key=value, repeatable "
                                                                    "(e.g. -E max_batch_size=16 -E dtype=fp32).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+MaxFailureRateOpt = Annotated[float, typer.Option(
+    help="Stop early (exit status 3, everything finished kept) when more than this share of the rows finished in "
+         "this run failed, judged once 20 rows have finished; bad input rows do not count. 1 never stops.")]
 
 
 def check_choice(name: str, value: str, choices: tuple[str, ...]) -> str:

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cai.cli.common import (ConcurrencyOpt, ConstitutionOpt, CotFewShotOpt, EngineOptionOpt, JudgePrinciplesOpt,
-                            LimitOpt, OnBadOpt, QuietOpt, SeedOpt, app)
+                            LimitOpt, MaxFailureRateOpt, OnBadOpt, QuietOpt, SeedOpt, app)
 from cai.cli.rl_command import JudgeOpt, LabelerOpt, parse_floats
 
 eval_app = typer.Typer(help="Evaluate judges and models.", no_args_is_help=True)
@@ -65,6 +65,7 @@ def eval_judge(
     on_bad_input: OnBadOpt = "error",
     concurrency: ConcurrencyOpt = 64,
     engine_option: EngineOptionOpt = None,
+    max_failure_rate: MaxFailureRateOpt = 0.5,
     quiet: QuietOpt = False,
 ) -> None:
     """How often an AI labeller agrees with human harmlessness labels."""
@@ -79,7 +80,8 @@ def eval_judge(
                              min_judges=min_judges,
                              judge_max_tokens=judge_max_tokens, rank_retries=rank_retries, seed=seed, limit=limit,
                              on_bad_input=on_bad_input, concurrency=concurrency,
-                             engine_options=parse_option_pairs(engine_option or []))
+                             engine_options=parse_option_pairs(engine_option or []),
+                             max_failure_rate=max_failure_rate)
     result = run_judge_eval(config, show_progress=not quiet)
     table = Table(title=f"judge accuracy vs human labels ({labeler}, {', '.join(config.judges)})", show_header=False)
     for key, value in result.summary["report"].items():

@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 import typer
 
 from cai.cli.common import (ConcurrencyOpt, ConstitutionOpt, CotFewShotOpt, EngineOptionOpt, HHModeOpt,
-                            JudgePrinciplesOpt, LimitOpt, OnBadOpt, OutOpt, PromptFieldOpt, PromptsOpt, QuietOpt,
-                            SeedOpt, app, check_choice)
+                            JudgePrinciplesOpt, LimitOpt, MaxFailureRateOpt, OnBadOpt, OutOpt, PromptFieldOpt,
+                            PromptsOpt, QuietOpt, SeedOpt, app, check_choice)
 
 LabelerOpt = Annotated[str, typer.Option(help="pairwise: the paper's (A)/(B) log-prob soft labels; cot: reasoning "
                                          "first, probabilities clamped; rank-all: NeMo-style most/least aligned "
@@ -62,6 +62,7 @@ def rl(
     on_bad_input: OnBadOpt = "error",
     concurrency: ConcurrencyOpt = 64,
     engine_option: EngineOptionOpt = None,
+    max_failure_rate: MaxFailureRateOpt = 0.5,
     quiet: QuietOpt = False,
 ) -> None:
     """Sample K candidates per prompt and label preferences with an AI judge.
@@ -89,5 +90,6 @@ def rl(
                       clamp=(bounds[0], bounds[1]), combine=combine, min_judges=min_judges, min_margin=min_margin,
                       judge_max_tokens=judge_max_tokens, rank_retries=rank_retries, seed=seed,
                       prompt_field=prompt_field, hh_mode=hh_mode, limit=limit, on_bad_input=on_bad_input,
-                      concurrency=concurrency, engine_options=parse_option_pairs(engine_option or []))
+                      concurrency=concurrency, engine_options=parse_option_pairs(engine_option or []),
+                      max_failure_rate=max_failure_rate)
     run_rl(config, show_progress=not quiet)

@@ -7,7 +7,8 @@ from typing import Annotated
 import typer
 
 from cai.cli.common import (ConcurrencyOpt, ConstitutionOpt, EngineOptionOpt, HHModeOpt, JudgePrinciplesOpt, LimitOpt,
-                            OnBadOpt, OutOpt, PromptFieldOpt, PromptsOpt, QuietOpt, SeedOpt, app, check_choice)
+                            MaxFailureRateOpt, OnBadOpt, OutOpt, PromptFieldOpt, PromptsOpt, QuietOpt, SeedOpt, app,
+                            check_choice)
 
 
 @app.command("sl")
@@ -34,6 +35,7 @@ def sl(
     on_bad_input: OnBadOpt = "error",
     concurrency: ConcurrencyOpt = 64,
     engine_option: EngineOptionOpt = None,
+    max_failure_rate: MaxFailureRateOpt = 0.5,
     quiet: QuietOpt = False,
 ) -> None:
     """Red-team prompts -> answer -> R x (critique under a sampled principle -> revision).
@@ -51,5 +53,6 @@ def sl(
                       rounds=rounds, seed=seed, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
                       keep_truncated=keep_truncated,
                       prompt_field=prompt_field, hh_mode=hh_mode, limit=limit, on_bad_input=on_bad_input,
-                      concurrency=concurrency, engine_options=parse_option_pairs(engine_option or []))
+                      concurrency=concurrency, engine_options=parse_option_pairs(engine_option or []),
+                      max_failure_rate=max_failure_rate)
     run_sl(config, show_progress=not quiet)

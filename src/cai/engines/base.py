@@ -26,11 +26,28 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from cai.errors import CAIError
 from cai.types import Completion, Message, Request
 
 
-class EngineError(RuntimeError):
-    """An engine could not answer; the message says why and what to do."""
+class EngineError(CAIError, RuntimeError):
+    """An engine could not answer; the message says why and what to do.
+
+    Raised while a run starts (an unknown spec, bad options, a missing model) it is a user
+    error; raised for one call (a server that gave up after its retries, a model that ran
+    out of memory) it fails that row with `code`, and the run goes on.
+    """
+
+    code: str = "engine_error"
+
+
+class ContextOverflow(EngineError):
+    """The prompt (plus the tokens asked for) does not fit the model's context window.
+
+    Raised before any compute, so a too-long prompt costs nothing but its row.
+    """
+
+    code = "context_overflow"
 
 
 class EngineOptions(BaseModel):
@@ -51,6 +68,14 @@ class Engine(abc.ABC):
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release resources (threads, HTTP clients, GPU memory)."""
+
+    def context_window(self) -> int | None:
+        """Tokens the model can attend to (prompt plus generated), or None where unknown.
+
+        Engines that know it refuse a request that would not fit with `ContextOverflow`
+        before computing anything (`cai.engines.batching` checks it for local engines).
+        """
+        return None
 
     def describe(self) -> dict[str, Any]:
         """What goes into the manifest: never API keys."""
@@ -103,7 +128,11 @@ def parse_option_pairs(pairs: Sequence[str]) -> dict[str, Any]:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
             raise EngineError(f"engine option {pair!r} must look like key=value")
-        out[key.strip().replace("-", "_")] = yaml.safe_load(value)
+        try:
+            out[key.strip().replace("-", "_")] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            problem = getattr(exc, "problem", None) or exc
+            raise EngineError(f"engine option {pair!r}: cannot read the value ({problem})") from exc
     return out
 
 

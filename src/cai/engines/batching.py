@@ -7,6 +7,16 @@ where the backend needs it, the same sampling parameters), sorted by length, a w
 around the oldest item so nothing starves; it runs that micro-batch in a worker thread,
 so the event loop keeps collecting requests while the model runs.
 
+Every request is checked against the model's context window (`Engine.context_window`)
+right after tokenizing: one that would not fit (prompt plus `max_tokens`, or prompt plus
+scored continuation) raises `ContextOverflow` and nothing of that call is queued.
+
+Every waiting caller gets an answer: a batch's exception goes to each of its callers as
+it was raised (a subclass's `model_error` may turn a model-caused one, such as running out
+of memory, into an `EngineError`; a bug stays a bug), a runner that returns the wrong
+number of results fails the whole batch, and `aclose` (or a worker that dies) fails
+every request still queued or running with an `EngineError`.
+
 Subclasses provide tokenization and the two batch runners; nothing here knows a model.
 """
 
@@ -20,7 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from cai.engines.base import Engine, EngineError
+from cai.engines.base import ContextOverflow, Engine, EngineError
 from cai.types import Completion, Message, Request, SamplingParams
 
 
@@ -52,6 +62,7 @@ class BatchingEngine(Engine):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
+        self._running: list[WorkItem] = []  # the batch in the worker thread now
         self._seq = itertools.count()
         self.stats: dict[str, Any] = {"batches": 0, "generated_tokens": 0, "busy_s": 0.0}
 
@@ -68,12 +79,25 @@ class BatchingEngine(Engine):
     @abc.abstractmethod
     def run_score_batch(self, batch: list[WorkItem]) -> list[float]: ...
 
+    def model_error(self, exc: BaseException, batch: list[WorkItem]) -> EngineError | None:
+        """The `EngineError` to hand the batch's callers when `exc` was the model's doing
+        (out of memory, non-finite probabilities); None passes `exc` on unchanged."""
+        return None
+
+    def _check_fits(self, prompt_tokens: int, extra_tokens: int, what: str) -> None:
+        window = self.context_window()
+        if window is not None and prompt_tokens + extra_tokens > window:
+            raise ContextOverflow(f"{self.model_id}: the prompt is {prompt_tokens:,} tokens + {extra_tokens:,} {what}, "
+                                  f"more than the model's context window of {window:,} tokens; not run")
+
     # ---- the engine interface --------------------------------------------------------
     async def generate(self, requests: Sequence[Request]) -> list[list[Completion]]:
         loop = asyncio.get_running_loop()
+        encoded = [self.encode_prompt(request.messages) for request in requests]
+        for ids, request in zip(encoded, requests, strict=True):  # all checked before any is queued
+            self._check_fits(len(ids), request.params.max_tokens, "new tokens (--max-tokens)")
         futures: list[list[asyncio.Future]] = []
-        for request in requests:
-            ids = self.encode_prompt(request.messages)
+        for ids, request in zip(encoded, requests, strict=True):
             per_request = []
             for k in range(request.params.n):
                 params = request.params
@@ -89,20 +113,33 @@ class BatchingEngine(Engine):
     async def score(self, messages: Sequence[Message], continuations: Sequence[str]) -> list[float]:
         loop = asyncio.get_running_loop()
         prompt_ids = self.encode_prompt(messages)
-        futures = []
-        for text in continuations:
-            cont = self.encode_continuation(text)
+        encoded = [self.encode_continuation(text) for text in continuations]
+        for cont in encoded:
             if not cont:
                 raise EngineError("cannot score an empty continuation")
+            self._check_fits(len(prompt_ids), len(cont), "scored continuation tokens")
+        futures = []
+        for cont in encoded:
             fut = loop.create_future()
             self._enqueue(WorkItem(prompt_ids=prompt_ids, future=fut, continuation_ids=cont))
             futures.append(fut)
         return list(await asyncio.gather(*futures))
 
     async def aclose(self) -> None:
-        if self._worker is not None:
-            self._worker.cancel()
-            self._worker = None
+        """Stop the worker; every request still queued or running fails with an EngineError."""
+        worker, self._worker = self._worker, None
+        if worker is not None and not worker.done() and self._loop is asyncio.get_running_loop():
+            worker.cancel()
+            await asyncio.gather(worker, return_exceptions=True)
+        self._fail_waiting(EngineError(f"{self.model_id}: the engine was closed before this request was answered"))
+
+    def _fail_waiting(self, error: BaseException, items: list[WorkItem] | None = None) -> None:
+        """Hand `error` to every caller still waiting (on `items`, else on everything queued)."""
+        if items is None:
+            items, self._queue = self._queue + self._running, []
+        for item in items:
+            if not item.future.done() and not item.future.get_loop().is_closed():
+                item.future.set_exception(error)
 
     # ---- batching --------------------------------------------------------------------
     def _group_key(self, item: WorkItem) -> tuple:
@@ -114,7 +151,7 @@ class BatchingEngine(Engine):
     def _enqueue(self, item: WorkItem) -> None:
         loop = asyncio.get_running_loop()
         if loop is not self._loop:  # a new event loop (e.g. a second asyncio.run): start afresh
-            self._loop, self._wake, self._worker, self._queue = loop, asyncio.Event(), None, []
+            self._loop, self._wake, self._worker, self._queue, self._running = loop, asyncio.Event(), None, [], []
         item.seq = next(self._seq)
         self._queue.append(item)
         assert self._wake is not None
@@ -124,27 +161,37 @@ class BatchingEngine(Engine):
 
     async def _run_worker(self) -> None:
         assert self._wake is not None
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            await asyncio.sleep(self.batch_wait_ms / 1000)
-            while self._queue:
-                batch = self._take_batch()
-                runner = self.run_score_batch if batch[0].params is None else self.run_generate_batch
-                started = time.perf_counter()
-                try:
-                    results = await asyncio.to_thread(runner, batch)
-                except Exception as exc:  # noqa: BLE001 - handed to every waiter
-                    for item in batch:
-                        if not item.future.done():
-                            item.future.set_exception(exc)
-                    continue
-                finally:
-                    self.stats["busy_s"] += time.perf_counter() - started
-                self.stats["batches"] += 1
-                for item, result in zip(batch, results):
-                    if not item.future.done():
-                        item.future.set_result(result)
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                await asyncio.sleep(self.batch_wait_ms / 1000)
+                while self._queue:
+                    await self._run_batch(self._take_batch())
+        except asyncio.CancelledError:  # aclose(): its callers are failed there
+            raise
+        except BaseException as exc:  # the worker itself broke: nobody may wait forever
+            self._fail_waiting(exc)
+            raise
+
+    async def _run_batch(self, batch: list[WorkItem]) -> None:
+        runner = self.run_score_batch if batch[0].params is None else self.run_generate_batch
+        started = time.perf_counter()
+        self._running = batch  # until answered; if aclose() cancels us meanwhile, it fails these
+        try:
+            results = await asyncio.to_thread(runner, batch)
+            answers = list(zip(batch, results, strict=True))  # a wrong count fails the batch, never hangs it
+        except Exception as exc:  # noqa: BLE001 - handed to every caller of this batch
+            self._running = []
+            self._fail_waiting(self.model_error(exc, batch) or exc, batch)
+            return
+        finally:
+            self.stats["busy_s"] += time.perf_counter() - started
+        self._running = []
+        self.stats["batches"] += 1
+        for item, result in answers:
+            if not item.future.done():
+                item.future.set_result(result)
 
     def _take_batch(self) -> list[WorkItem]:
         oldest = min(self._queue, key=lambda it: it.seq)

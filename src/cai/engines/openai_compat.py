@@ -99,6 +99,12 @@ class OpenAIEngine(Engine):
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "base_urls": self.base_urls, "api_key_env": self.options.api_key_env}
 
+    async def aclose(self) -> None:
+        """Close the HTTP client and its connections (a later call opens a new one)."""
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
     # ---- HTTP with retries -----------------------------------------------------------
     def _http(self) -> Any:
         import httpx
@@ -148,7 +154,11 @@ class OpenAIEngine(Engine):
                                                  _retry_after(response.headers.get("retry-after")))
                     if response.status_code >= 400:
                         raise EngineError(f"HTTP {response.status_code} from {url}{path}: {response.text[:300]}")
-                    return url, response.json()
+                    try:
+                        return url, response.json()
+                    except ValueError as exc:  # a proxy's HTML page, a truncated body: the server's doing
+                        raise EngineError(f"{url}{path} answered with something that is not JSON: "
+                                          f"{response.text[:200]!r}") from exc
         except RetryableHTTPError as exc:
             raise EngineError(f"gave up after {self.options.max_retries + 1} tries: {exc}") from exc
         except httpx.TransportError as exc:

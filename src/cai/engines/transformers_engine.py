@@ -109,6 +109,28 @@ class TransformersEngine(BatchingEngine):
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "path": self.path, "device": self.device, "dtype": str(self.dtype)}
 
+    def context_window(self) -> int | None:
+        """The model's trained length (`max_position_embeddings` or its older names)."""
+        config = self.model.config
+        for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+            value = getattr(config, name, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return None
+
+    def model_error(self, exc: BaseException, batch: list[WorkItem]) -> EngineError | None:
+        """Out of memory and non-finite sampling probabilities are the model's doing: the
+        batch's rows fail with an EngineError. Anything else is passed on as a bug."""
+        text = str(exc)
+        if isinstance(exc, MemoryError) or "out of memory" in text or "can't allocate memory" in text:
+            tokens = sum(it.length for it in batch)
+            return EngineError(f"{self.model_id}: out of memory on a batch of {len(batch)} requests ({tokens:,} "
+                               "tokens); lower -E max_batch_tokens or -E max_batch_size")
+        if "probability tensor contains" in text:
+            return EngineError(f"{self.model_id}: the model produced non-finite probabilities while sampling "
+                               f"({text}); try -E dtype=fp32")
+        return None
+
     # ---- public API ----------------------------------------------------------------
     def render(self, messages: Sequence[Message]) -> str:
         """The prompt as text, for reading; the model gets `encode_prompt`'s ids."""

@@ -65,6 +65,11 @@ class VLLMEngine(BatchingEngine):
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "path": self.path, "load_format": self.options.load_format}
 
+    def context_window(self) -> int | None:
+        """vLLM's `max_model_len`, so a too-long prompt fails its row before vLLM refuses it."""
+        config = getattr(self.llm, "model_config", None) or getattr(self.llm.llm_engine, "model_config", None)
+        return getattr(config, "max_model_len", None)
+
     def encode_prompt(self, messages: Sequence[Message]) -> list[int]:
         return encode_chat(self.tokenizer, messages)
 

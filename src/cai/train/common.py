@@ -20,8 +20,10 @@ from typing import Any
 
 import yaml
 
+from cai.errors import CAIError
 
-class TrainError(ValueError):
+
+class TrainError(CAIError, ValueError):
     pass
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sqlite3
 import sys
 import tempfile
 import time
@@ -41,9 +42,12 @@ def main() -> None:
         out.mkdir()
         if seed_store:  # reuse the candidates (and nothing else) from the first run's store
             shutil.copy(seed_store, out / "store.sqlite")
+            with sqlite3.connect(out / "store.sqlite") as db:  # keep the calls, not the finished rows
+                db.execute("DELETE FROM results")
         start = time.perf_counter()
         result = run_rl(RLConfig(prompts=str(HH), out=str(out), labeler=labeler, candidates=args.candidates,
-                                 max_tokens=args.max_tokens, limit=args.prompts, judge_max_tokens=96),
+                                 max_tokens=args.max_tokens, limit=args.prompts, judge_max_tokens=96,
+                                 min_margin=0.0, max_failure_rate=1.0),
                         show_progress=False)
         elapsed = time.perf_counter() - start
         s = result.summary

@@ -175,7 +175,7 @@ class JudgeEvalConfig:
     on_bad_input: str = "error"
     concurrency: int = 64
     engine_options: dict[str, Any] = field(default_factory=dict)
-    max_failure_rate: float = 0.5  # stop early when more of the finished pairs failed (cai.pipeline.FailureBudget)
+    max_failure_rate: float = 1.0  # a judge eval measures failures; 1 never stops. stop early when more of the finished pairs failed (cai.pipeline.FailureBudget)
 
 
 def run_judge_eval(config: JudgeEvalConfig, *, show_progress: bool = True, console: Any = None) -> Any:

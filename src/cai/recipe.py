@@ -37,6 +37,9 @@ class RecipeConfig:
     #: a pair carries almost no weight, and its demo-scale judge is a 135M model whose
     #: labels are nearly all below 0.1, so it keeps every labelled pair.
     min_margin: float = 0.0
+    #: at demo scale (--max-tokens 64) many final revisions are cut off; the recipe keeps
+    #: them (flagged `truncated` in sl.jsonl) rather than train on nothing
+    keep_truncated: bool = True
 
 
 def _train(out: Path, make: Any) -> dict[str, Any]:
@@ -55,7 +58,8 @@ def run_recipe(config: RecipeConfig, *, show_progress: bool = True) -> dict[str,
     console = Console(stderr=True)
     stages: dict[str, Any] = {}
     sl = run_sl(SLConfig(prompts=config.prompts, out=str(root / "sl"), model=config.model, rounds=config.rounds,
-                         max_tokens=config.max_tokens, limit=config.limit, seed=config.seed),
+                         max_tokens=config.max_tokens, limit=config.limit, seed=config.seed,
+                         keep_truncated=config.keep_truncated),
                 show_progress=show_progress, console=console)
     stages["sl"] = f"{sl.summary['files'].get('sft.jsonl', 0)} SFT rows, {sl.summary['files']['failures.jsonl']} failures"
     steps = dict(max_steps=config.train_steps, batch_size=2, max_length=384, seed=config.seed)

@@ -140,6 +140,13 @@ class RLChain:
             raise ChainFailure("label", exc.reason, record, code=exc.code) from exc
         record["labels"] = 1
         chosen, rejected = usable[label.chosen], usable[label.rejected]
+        if chosen["text"] == rejected["text"]:  # two identical candidates among K >= 3
+            record["label_attempts"].append({"candidates": [chosen["index"], rejected["index"]],
+                                             "outcome": "identical_candidates", "p_x": 1.0, "position_bias": None,
+                                             "margin": 1.0, "judge_generated_tokens": label.generated_tokens})
+            record["dropped"].append(self._dropped(row, "label", "identical_candidates",
+                                                   "rank-all chose two candidates with the same text"))
+            return
         record["label_attempts"].append({"candidates": [chosen["index"], rejected["index"]], "outcome": "kept",
                                          "p_x": 1.0, "position_bias": None, "margin": 1.0,
                                          "judge_generated_tokens": label.generated_tokens})
@@ -267,10 +274,17 @@ def make_labeler(config: RLConfig, judges: list[Engine], constitution: Any) -> A
                                         both_orders=config.both_orders, seed=config.seed,
                                         cot=config.labeler == "cot", clamp=config.clamp,
                                         cot_max_tokens=config.judge_max_tokens, cot_few_shot=cot_few_shot))
+    if len(made) == 1 and config.min_judges != 1:
+        raise ConfigError(f"--min-judges {config.min_judges} needs an ensemble: give that many --judge options")
     return made[0] if len(made) == 1 else EnsembleLabeler(made, combine=config.combine, min_judges=config.min_judges)
 
 
 NEAR_COIN_FLIP = 0.1  # kept pairs whose margin |2p - 1| is below this are reported
+
+
+def _margin(pref: dict[str, Any]) -> float:
+    """A kept pair's |2p - 1| (rows stored before the rename call it `margin`)."""
+    return pref["label_margin"] if "label_margin" in pref else pref["margin"]
 
 
 def label_summary(run: Any, summary: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -309,8 +323,8 @@ def label_summary(run: Any, summary: dict[str, Any] | None = None) -> dict[str, 
         "preference_pairs": len(prefs),
         "pairs_dropped": {code: dropped.count(code) for code in sorted(set(dropped))},
         "p_chosen_histogram_kept_pairs": bins,
-        "mean_margin_kept_pairs": round(sum(p["label_margin"] for p in prefs) / len(prefs), 4) if prefs else None,
-        f"kept_pairs_margin_below_{NEAR_COIN_FLIP}": sum(p["label_margin"] < NEAR_COIN_FLIP for p in prefs),
+        "mean_margin_kept_pairs": round(sum(_margin(p) for p in prefs) / len(prefs), 4) if prefs else None,
+        f"kept_pairs_margin_below_{NEAR_COIN_FLIP}": sum(_margin(p) < NEAR_COIN_FLIP for p in prefs),
         "position_bias_rate": rate(sum(both_orders), len(both_orders)),
         "position_bias_denominator": f"{len(both_orders)} labels judged in both orders, of {len(attempts)} attempted",
         "label_failures": len(attempts) - len(labelled),

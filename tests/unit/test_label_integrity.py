@@ -249,3 +249,23 @@ def test_truncated_final_revision_is_a_failure_unless_kept(tmp_path, prompts_fil
                              keep_truncated=True), show_progress=False)
     assert result.summary["rows_ok_this_run"] == 3
     assert all(r["truncated"] is True for r in read_jsonl(kept / "sl.jsonl"))
+
+
+def test_rank_all_never_pairs_two_identical_texts(tmp_path, prompts_file) -> None:
+    register_script("two-same", FakeScript(lambda r, k: ["same reply here", "same reply here", "a different one"][k]))
+    register_script("picks-1-2", FakeScript(lambda r, k: '{"most_aligned": 1, "least_aligned": 2}'))
+    out = tmp_path / "rank"
+    result = run_rl(RLConfig(prompts=str(prompts_file), out=str(out), policy="fake:two-same", judges=["fake:picks-1-2"],
+                             labeler="rank-all", candidates=3), show_progress=False)
+    for p in read_jsonl(out / "preferences.jsonl"):
+        assert p["chosen"][0]["content"] != p["rejected"][0]["content"]
+    assert result.summary["labels_attempted"] == 3
+
+
+def test_min_judges_without_an_ensemble_is_an_error() -> None:
+    from cai.errors import ConfigError
+    from cai.rl import make_labeler
+
+    with pytest.raises(ConfigError):
+        make_labeler(RLConfig(prompts="p", out="o", min_judges=2), [load_engine("fake:echo")],
+                     load_constitution("default"))

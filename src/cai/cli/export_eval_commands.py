@@ -72,7 +72,9 @@ def eval_judge(
     from cai.engines.base import parse_option_pairs
     from cai.evaluate import JudgeEvalConfig, run_judge_eval
 
-    bounds = parse_floats(clamp, "--clamp") or [0.4, 0.6]
+    bounds = parse_floats(clamp, "--clamp") or []
+    if len(bounds) != 2 or not 0 <= bounds[0] <= bounds[1] <= 1:
+        raise typer.BadParameter("--clamp must be 'lo,hi' with 0 <= lo <= hi <= 1")
     config = JudgeEvalConfig(pairs=pairs, out=out, judges=judge or ["smollm2"], labeler=labeler,
                              constitution=constitution, judge_principles=judge_principles,
                              cot_few_shot=cot_few_shot, both_orders=both_orders,

@@ -122,7 +122,7 @@ class RLChain:
         if len({c["text"] for c in usable}) < 2:
             raise ChainFailure("candidates", "fewer than 2 distinct usable candidates", record,
                                code="too_few_candidates")
-        if isinstance(self.labeler, RankAllLabeler) or getattr(self.labeler, "name", "") == "rank-all":
+        if self.labeler.name == "rank-all":  # a RankAllLabeler, or an ensemble of them
             await self._rank_all(row, usable, record)
         else:
             await self._pairwise(row, usable, record)

@@ -45,7 +45,7 @@ def main() -> None:
             with sqlite3.connect(out / "store.sqlite") as db:  # keep the calls, not the finished rows
                 db.execute("DELETE FROM results")
         start = time.perf_counter()
-        result = run_rl(RLConfig(prompts=str(HH), out=str(out), labeler=labeler, candidates=args.candidates,
+        result = run_rl(RLConfig.of(prompts=str(HH), out=str(out), labeler=labeler, candidates=args.candidates,
                                  max_tokens=args.max_tokens, limit=args.prompts, judge_max_tokens=96,
                                  min_margin=0.0, max_failure_rate=1.0),
                         show_progress=False)

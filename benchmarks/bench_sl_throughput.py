@@ -119,7 +119,7 @@ def run_cai(spec: str, prompts_file: Path, rounds: int, max_tokens: int, options
     from cai.types import Request, SamplingParams
 
     with tempfile.TemporaryDirectory() as out:
-        result = run_sl(SLConfig(prompts=str(prompts_file), out=out, model=spec, rounds=rounds, max_tokens=max_tokens,
+        result = run_sl(SLConfig.of(prompts=str(prompts_file), out=out, model=spec, rounds=rounds, max_tokens=max_tokens,
                                  temperature=0.7, engine_options=options), show_progress=False)
         if keep is not None:
             store = Store(Path(out) / "store.sqlite")

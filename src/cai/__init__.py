@@ -9,6 +9,7 @@ from cai.engines import Engine, EngineError, load_engine, register_engine
 from cai.evaluate import JudgeEvalConfig, run_judge_eval
 from cai.export import export_run
 from cai.judges import EnsembleLabeler, PairwiseLabeler, RankAllLabeler
+from cai.labeling import Judgement, Labeler, LabelerOptions, make_labeler, register_labeler
 from cai.rl import RLConfig, run_rl
 from cai.sl import SLConfig, run_sl
 from cai.types import Completion, Message, Request, SamplingParams
@@ -22,6 +23,9 @@ __all__ = [
     "EngineError",
     "EnsembleLabeler",
     "JudgeEvalConfig",
+    "Judgement",
+    "Labeler",
+    "LabelerOptions",
     "Message",
     "PairwiseLabeler",
     "Principle",
@@ -34,8 +38,10 @@ __all__ = [
     "export_run",
     "load_constitution",
     "load_engine",
+    "make_labeler",
     "read_prompts",
     "register_engine",
+    "register_labeler",
     "run_judge_eval",
     "run_rl",
     "run_sl",

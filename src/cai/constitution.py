@@ -37,6 +37,7 @@ import yaml
 
 from cai.data import read_user_text
 from cai.errors import CAIError
+from cai.options import Options, option
 from cai.types import derive_seed, stable_hash
 
 
@@ -256,3 +257,24 @@ def _from_plain_list(items: list[Any], source: str) -> Constitution:
         principles.append(Principle(id=f"p{i + 1}", **filled))
     return Constitution(name=Path(source).stem, principles=principles, source=source,
                         meta={"format": "plain-list"})
+
+
+@dataclass
+class ConstitutionOptions(Options):
+    """Which constitution a job works under."""
+
+    constitution: str = option("default", help="Shipped name (default) or a file: our YAML, Anthropic's "
+                                                "CritiqueRevisionInstructions JSON, a list of principles (.txt/"
+                                                ".json), or a YAML naming sl_principles and judge_principles files.")
+    judge_principles: str | None = option(
+        None, help="A second file whose judge questions replace the constitution's, e.g. Anthropic's RL principle "
+                   "list (RLMadisonInstructions.json) beside --constitution CritiqueRevisionInstructions.json; one "
+                   "hash covers both.")
+
+    def load(self) -> Constitution:
+        return load_constitution(self.constitution, judge_principles=self.judge_principles)
+
+    def manifest(self, constitution: Constitution) -> dict[str, Any]:
+        return {"name": constitution.name, "source": constitution.source, "hash": constitution.hash,
+                "principles": len(constitution.principles),
+                "judge_principles": len(constitution.judge_principles)}

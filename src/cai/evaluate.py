@@ -24,9 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cai.constitution import ConstitutionOptions
 from cai.data import BadRow, InputError, PromptRow, split_hh_pair, text_lines
-from cai.judges import LabelFailure, RankLabel
-from cai.pipeline import ChainFailure
+from cai.jobs import RunOptions, limit_option, on_bad_input_option
+from cai.labeling import Labeler, LabelerOptions, make_labeler
+from cai.options import Options, option
+from cai.pipeline import ChainFailure, OnBadInput
 from cai.types import stable_hash
 
 STAGE = "judge-eval"
@@ -62,30 +65,25 @@ def _pair_from(rec: dict[str, Any]) -> tuple[list[dict[str, str]], str, str]:
 
 @dataclass
 class JudgeEvalChain:
-    labeler: Any
+    labeler: Labeler
 
     async def __call__(self, row: PromptRow) -> dict[str, Any]:
+        """Label (human choice, other) as candidates 0 and 1; the judge never knows which is which."""
         chosen, rejected = row.extra["chosen"], row.extra["rejected"]
-        record: dict[str, Any] = {"id": row.id, "source": row.source}
-        if self.labeler.name == "rank-all":
-            try:
-                label: RankLabel = await self.labeler.rank(row.messages, [chosen, rejected], (row.id,))
-            except LabelFailure as exc:
-                raise ChainFailure("label", exc.reason, {"judge_raw": exc.raw, "judge_failures": exc.judge_failures,
-                                                         "judge_generated_tokens": exc.generated_tokens},
-                                   code=exc.code) from exc
-            p, by_order, bias, tokens, raw = (1.0 if label.chosen == 0 else 0.0), [None, None], None, \
-                label.generated_tokens, label.raw
-        else:
-            try:
-                pair = await self.labeler.compare(row.messages, chosen, rejected, (row.id,))
-            except LabelFailure as exc:
-                raise ChainFailure("label", exc.reason, {"judge_raw": exc.raw, "judge_failures": exc.judge_failures},
-                                   code=exc.code) from exc
-            p, by_order, bias, tokens, raw = pair.p_x, pair.p_x_by_order, pair.position_bias, \
-                pair.generated_tokens, pair.raw
-        return {**record, "p_human_choice": p, "p_by_order": by_order, "position_bias": bias,
-                "judge_generated_tokens": tokens, "judge_raw": raw}
+        [judgement] = await self.labeler.label(row.messages, [(0, chosen), (1, rejected)], (row.id,))
+        if judgement.failure is not None:
+            exc = judgement.failure
+            raise ChainFailure("label", exc.reason, {"judge_raw": exc.raw, "judge_failures": exc.judge_failures,
+                                                     "judge_generated_tokens": exc.generated_tokens}, code=exc.code)
+        label = judgement.label
+        assert label is not None
+
+        def for_human(p: float | None) -> float | None:  # P(the human's choice is better)
+            return None if p is None else (p if judgement.x == 0 else 1.0 - p)
+
+        return {"id": row.id, "source": row.source, "p_human_choice": for_human(label.p_x),
+                "p_by_order": [for_human(p) for p in label.p_x_by_order], "position_bias": label.position_bias,
+                "judge_generated_tokens": label.generated_tokens, "judge_raw": label.raw}
 
 
 def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -155,49 +153,37 @@ class JudgeReport:
 
 
 @dataclass
-class JudgeEvalConfig:
-    pairs: str
-    out: str = "runs/eval-judge"
-    judges: list[str] = field(default_factory=lambda: ["smollm2"])
-    labeler: str = "pairwise"
-    constitution: str = "default"
-    judge_principles: str | None = None
-    cot_few_shot: str = "default"
-    both_orders: bool = True
-    principles_per_label: int = 1
-    clamp: tuple[float, float] = (0.4, 0.6)
-    combine: str = "mean"
-    min_judges: int = 1
-    judge_max_tokens: int = 192
-    rank_retries: int = 2
-    seed: int = 0
-    limit: int | None = None
-    on_bad_input: str = "error"
-    concurrency: int = 64
-    engine_options: dict[str, Any] = field(default_factory=dict)
-    max_failure_rate: float = 1.0  # a judge eval measures failures; 1 never stops. stop early when more of the finished pairs failed (cai.pipeline.FailureBudget)
+class PairInputOptions(Options):
+    """Preference pairs with human labels."""
+
+    pairs: str = option(required=True, help="hh-rlhf style JSONL (chosen/rejected transcripts) or TRL preference "
+                                            "rows.")
+    limit: int | None = limit_option()
+    on_bad_input: OnBadInput = on_bad_input_option()
+
+    def rows(self) -> Iterator[PromptRow | BadRow]:
+        return read_pairs(self.pairs, self.limit)
+
+
+@dataclass
+class JudgeEvalConfig(Options):
+    """Everything `cai eval judge` needs; the CLI and `--config` fill it, `run_judge_eval` runs it."""
+
+    inputs: PairInputOptions = field(default_factory=PairInputOptions)
+    #: a judge evaluation measures failures, so it never stops on them (1 never stops)
+    run: RunOptions = field(default_factory=lambda: RunOptions(out="runs/eval-judge", max_failure_rate=1.0))
+    constitution: ConstitutionOptions = field(default_factory=ConstitutionOptions)
+    labeling: LabelerOptions = field(default_factory=LabelerOptions)
 
 
 def run_judge_eval(config: JudgeEvalConfig, *, show_progress: bool = True, console: Any = None) -> Any:
-    from cai.constitution import load_constitution
-    from cai.jobs import InputConfig, run_job
-    from cai.rl import RLConfig, make_labeler
+    from cai.jobs import run_job
 
-    constitution = load_constitution(config.constitution, judge_principles=config.judge_principles)
-    rl_like = RLConfig(prompts=config.pairs, out=config.out, judges=config.judges, labeler=config.labeler,
-                       cot_few_shot=config.cot_few_shot,
-                       both_orders=config.both_orders, principles_per_label=config.principles_per_label,
-                       clamp=config.clamp, combine=config.combine, min_judges=config.min_judges,
-                       judge_max_tokens=config.judge_max_tokens,
-                       rank_retries=config.rank_retries, seed=config.seed)
-
-    class PairInput(InputConfig):
-        def rows(self) -> Iterator[PromptRow | BadRow]:
-            return read_pairs(config.pairs, config.limit)
+    constitution = config.constitution.load()
 
     def make_chain(engines: Any, run: Any) -> JudgeEvalChain:
-        judges = [engines.open(spec, run, config.engine_options) for spec in config.judges]
-        return JudgeEvalChain(make_labeler(rl_like, judges, constitution))
+        judges = [engines.open(spec, run, config.run.engine_options) for spec in config.labeling.judges]
+        return JudgeEvalChain(make_labeler(config.labeling, judges, constitution, seed=config.run.seed))
 
     def write_outputs(run: Any) -> dict[str, int]:
         return {"labels.jsonl": run.write_jsonl("labels.jsonl", run.store.results(STAGE, "ok"))}
@@ -206,15 +192,12 @@ def run_judge_eval(config: JudgeEvalConfig, *, show_progress: bool = True, conso
         labels = list(run.store.results(STAGE, "ok"))
         failed = sum(1 for f in run.store.results(STAGE, "failed") if f["stage"] != "input")
         timing = (summary["elapsed_s"], summary["rows_ok_this_run"])
-        return {"report": JudgeReport(labels, failed).as_dict(*timing), "labeler": config.labeler,
-                "judges": config.judges}
+        return {"report": JudgeReport(labels, failed).as_dict(*timing), "labeler": config.labeling.labeler,
+                "judges": config.labeling.judges}
 
-    result = run_job(command="eval judge", stage=STAGE, out=config.out,
-                     inputs=PairInput(prompts=config.pairs, limit=config.limit, on_bad_input=config.on_bad_input),  # type: ignore[arg-type]
-                     config=config, make_chain=make_chain, write_outputs=write_outputs,
-                     manifest_parts={"constitution": {"name": constitution.name, "source": constitution.source,
-                                                      "hash": constitution.hash}},
-                     concurrency=config.concurrency, show_progress=show_progress, console=console,
-                     extra_summary=report)
+    result = run_job(command="eval judge", stage=STAGE, config=config, inputs=config.inputs,
+                     make_chain=make_chain, write_outputs=write_outputs,
+                     manifest_parts={"constitution": config.constitution.manifest(constitution)},
+                     show_progress=show_progress, console=console, extra_summary=report)
     result.run.write_json("report.json", result.summary["report"])
     return result

@@ -35,14 +35,9 @@ from typing import Any
 
 from cai.data import parse_hh_transcript, read_jsonl_records as _read_jsonl, split_hh_pair
 from cai.errors import CAIError
+from cai.labeling import all_columns
 from cai.types import Message, assistant, stable_hash
 
-PROVENANCE_DEFAULTS: dict[str, Any] = {
-    "id": None, "labeler": None, "judges": None, "principle_ids": None, "p_chosen": None,
-    "p_chosen_order_ab": None, "p_chosen_order_ba": None, "label_margin": None, "position_bias": None,
-    "judge_agreement": None, "judge_raw": None, "chosen_index": None, "rejected_index": None,
-    "judge_generated_tokens": None,
-}
 # A human preference (hh-rlhf) is one annotator's hard choice: certain, and judged by no model.
 HUMAN_LABEL: dict[str, Any] = {"labeler": "human", "judges": [], "principle_ids": [], "p_chosen": 1.0,
                                "label_margin": 1.0, "judge_generated_tokens": 0}
@@ -116,7 +111,9 @@ def _blend_row(kind: str, rec: dict[str, Any], source: str) -> dict[str, Any]:
         rec = {"prompt": prompt, "chosen": [assistant(chosen)], "rejected": [assistant(rejected)]}
     if not all(k in rec for k in ("prompt", "chosen", "rejected")):
         raise ExportError(f"{source}: need 'prompt', 'chosen', 'rejected' (TRL) or hh-rlhf transcripts")
-    return {**PROVENANCE_DEFAULTS, **HUMAN_LABEL, "id": source, "prompt": rec["prompt"], "chosen": rec["chosen"],
+    # every column a labeller writes (each labeller declares its own), so a blended row has them all
+    provenance = dict.fromkeys(all_columns())
+    return {**provenance, **HUMAN_LABEL, "id": source, "prompt": rec["prompt"], "chosen": rec["chosen"],
             "rejected": rec["rejected"], "origin": "blend"}
 
 

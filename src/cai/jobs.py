@@ -1,6 +1,8 @@
 """What every data-generating command shares: inputs, engines, the run loop, the summary.
 
-A job (`cai sl`, `cai rl`) is a config dataclass plus a chain. `run_job` opens the run
+A job (`cai sl`, `cai rl`, `cai eval judge`) is a config made of option groups (the two
+every job has, `InputOptions` and `RunOptions`, are here; see `cai.options`) plus a
+chain. `run_job` opens the run
 directory, validates the input, wraps each engine in the run's call cache, runs the
 chain over every row, rewrites the output files from the store and writes
 `summary.json`, then prints a summary table. Engines and the run directory are closed
@@ -17,50 +19,75 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from rich.console import Console
 from rich.table import Table
 
 from cai.data import HHMode, read_prompts
 from cai.engines.base import Engine, load_engine
-from cai.errors import ConfigError, FailureBudgetExceeded
+from cai.errors import FailureBudgetExceeded
+from cai.options import Options, at_least, in_unit_interval, key_value_pairs, option
 from cai.pipeline import Chain, FailureBudget, OnBadInput, RunCounts, check_input, run_rows
 from cai.run import RunDir
 from cai.store import CachedEngine
 
 
+def limit_option() -> Any:
+    return option(None, help="Read at most this many rows.")
+
+
+def on_bad_input_option() -> Any:
+    return option("error", choices=("error", "skip"),
+                  help="'error': stop before any model call on the first bad row (file:line and reason); 'skip': "
+                       "record bad rows in failures.jsonl and go on.")
+
+
 @dataclass
-class InputConfig:
-    prompts: str = ""
-    prompt_field: str = "auto"
-    hh_mode: HHMode = "first"
-    limit: int | None = None
-    on_bad_input: OnBadInput = "error"
+class InputOptions(Options):
+    """Where a job's prompts come from, and what to do with a bad row."""
+
+    prompts: str = option(required=True, flag="--prompts", short="-p",
+                          help="Prompt file: .jsonl, .csv, .parquet, or a folder saved by datasets; hh-rlhf "
+                               "transcripts are understood.")
+    prompt_field: str = option("auto", help="Column holding the prompt; 'auto' tries prompt, question, "
+                                            "instruction, messages, then an hh-rlhf 'chosen' transcript.")
+    hh_mode: HHMode = option("first", choices=("first", "context"),
+                             help="For multi-turn inputs: 'first' human turn only, or the whole 'context' up to "
+                                  "the last human turn.")
+    limit: int | None = limit_option()
+    on_bad_input: OnBadInput = on_bad_input_option()
+
+    def check(self) -> None:
+        if self.limit is not None:
+            at_least("--limit", self.limit, 1)
 
     def rows(self) -> Iterable:
         return read_prompts(self.prompts, prompt_field=self.prompt_field, hh_mode=self.hh_mode, limit=self.limit)
 
 
 @dataclass
-class JobConfig:
-    """Fields every data job shares; SLConfig and RLConfig add their own."""
+class RunOptions(Options):
+    """The run directory, seeds, concurrency, engine options and the failure budget."""
 
-    prompts: str
-    out: str
-    prompt_field: str = "auto"
-    hh_mode: str = "first"
-    limit: int | None = None
-    on_bad_input: str = "error"
-    concurrency: int = 64
-    engine_options: dict[str, Any] = field(default_factory=dict)
-    #: stop early when more than this share of the finished rows failed (1 never stops)
-    max_failure_rate: float = 0.5
+    out: str = option(required=True, short="-o", help="Run directory. Re-running on the same directory resumes.")
+    seed: int = option(0, help="Seeds principle sampling, label order and generation (each row's seed follows "
+                               "from it and the row's id, so a row's output never depends on its batch).")
+    concurrency: int = option(64, help="Rows processed at once (their requests are batched together).")
+    engine_options: dict[str, Any] = option(
+        flag="--engine-option", short="-E", default_factory=dict, parse=key_value_pairs, cli_type=list[str],
+        metavar="KEY=VALUE",
+        help="Engine option key=value, repeatable (e.g. -E max_batch_size=16 -E dtype=fp32); in a config file, "
+             "a mapping.")
+    max_failure_rate: float = option(
+        0.5, help="Stop early (exit status 3, everything finished kept) when more than this share of the rows "
+                  "finished in this run failed, judged once 20 rows have finished; bad input rows do not count. "
+                  "1 never stops.")
 
-    def inputs(self) -> InputConfig:
-        return InputConfig(prompts=self.prompts, prompt_field=self.prompt_field, hh_mode=self.hh_mode,  # type: ignore[arg-type]
-                           limit=self.limit, on_bad_input=self.on_bad_input)  # type: ignore[arg-type]
+    def check(self) -> None:
+        at_least("--concurrency", self.concurrency, 1)
+        in_unit_interval("--max-failure-rate", self.max_failure_rate)
 
 
 @dataclass
@@ -103,25 +130,33 @@ class EngineSet:
             raise errors[0]
 
 
-def run_job(*, out: str, **job: Any) -> JobResult:
-    """Run a job (the arguments of `_run_in`) in `out`, holding its lock until it ends, however it ends."""
-    budget = failure_budget(job["config"])
-    with RunDir(out) as run:
-        return _run_in(run, budget=budget, **job)
+class JobInputs(Protocol):
+    """What a job reads: its rows (prompts or bad rows), how many at most, what to do with a bad one."""
+
+    limit: int | None
+    on_bad_input: OnBadInput
+
+    def rows(self) -> Iterable: ...
 
 
-def failure_budget(config: Any) -> FailureBudget:
-    """The job's failure budget from its config's `max_failure_rate` (0.5 where it has none)."""
-    rate = getattr(config, "max_failure_rate", 0.5)
-    if not isinstance(rate, (int, float)) or not 0 <= rate <= 1:
-        raise ConfigError(f"--max-failure-rate must be between 0 and 1 (1 never stops a run); got {rate!r}")
-    return FailureBudget(max_rate=float(rate))
+class JobConfig(Protocol):
+    """A command's config as a job sees it: its run options and every option by name."""
+
+    run: RunOptions
+
+    def flat(self) -> dict[str, Any]: ...
 
 
-def _run_in(run: RunDir, *, command: str, stage: str, inputs: InputConfig, config: Any,
+def run_job(*, config: JobConfig, **job: Any) -> JobResult:
+    """Run a job (the arguments of `_run_in`) in `config.run.out`, holding its lock until it ends."""
+    budget = FailureBudget(max_rate=float(config.run.max_failure_rate))
+    with RunDir(config.run.out) as run:
+        return _run_in(run, config=config, budget=budget, **job)
+
+
+def _run_in(run: RunDir, *, command: str, stage: str, inputs: JobInputs, config: JobConfig,
             make_chain: Callable[[EngineSet, RunDir], Chain], write_outputs: Callable[[RunDir], dict[str, int]],
-            manifest_parts: dict[str, Any], concurrency: int, show_progress: bool = True,
-            console: Console | None = None,
+            manifest_parts: dict[str, Any], show_progress: bool = True, console: Console | None = None,
             extra_summary: Callable[[RunDir, dict[str, Any]], dict[str, Any]] | None = None,
             budget: FailureBudget | None = None,
             ) -> JobResult:
@@ -137,8 +172,9 @@ def _run_in(run: RunDir, *, command: str, stage: str, inputs: InputConfig, confi
     async def main() -> RunCounts:
         try:
             chain = make_chain(engines, run)
-            run.write_manifest(command, asdict(config), engines=engines.describe(), **manifest_parts)
-            return await run_rows(inputs.rows(), chain, store=run.store, stage=stage, concurrency=concurrency,
+            run.write_manifest(command, config.flat(), engines=engines.describe(), **manifest_parts)
+            return await run_rows(inputs.rows(), chain, store=run.store, stage=stage,
+                                  concurrency=config.run.concurrency,
                                   total=total, tokens=lambda: engines.stat("completion_tokens"),
                                   show_progress=show_progress, console=console, budget=budget)
         finally:

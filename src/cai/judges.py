@@ -15,6 +15,9 @@ P(y better), so P(x better) = 1 - P(A). Getting this mapping wrong silently flip
 - `RankAllLabeler`: NeMo-Aligner's variant: the whole constitution in one system prompt,
   all K candidates *shuffled*, and a JSON answer naming the most and least aligned.
 - `EnsembleLabeler`: several judges; mean probability or majority vote, with agreement.
+
+Each class says how it labels a set of candidates (`strategy`, from `cai.labeling`) and
+which columns it writes; the bottom of this file registers the `--labeler` names.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from cai.constitution import Constitution, ConstitutionError, Principle
 from cai.engines.base import Engine, EngineError
 from cai.errors import ConfigError
 from cai.few_shot import CotFewShot, load_cot_few_shot
+from cai.labeling import COMMON_COLUMNS, AllPairs, LabelerOptions, LabelsThroughStrategy, RankOnce, register_labeler
 from cai.parsing import first_json_object
 from cai.prompting import load_prompt_yaml, render, transcript
 from cai.types import Message, Request, SamplingParams, assistant, derive_seed, system, user
@@ -63,6 +67,8 @@ class PairLabel:
     agreement: float | None = None
     judges_answered: int = 1
     judge_failures: list[dict[str, str]] = field(default_factory=list)
+    #: the labeller's own provenance columns (rank-all: judge_attempts, shown_order)
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -100,7 +106,9 @@ def _same_position(p_a_first_order: float, p_a_second_order: float) -> bool:
     return (p_a_first_order > 0.5 and p_a_second_order > 0.5) or (p_a_first_order < 0.5 and p_a_second_order < 0.5)
 
 
-class PairwiseLabeler:
+class PairwiseLabeler(LabelsThroughStrategy):
+    strategy = AllPairs()
+
     def __init__(self, engine: Engine, constitution: Constitution, *, principles_per_label: int = 1,
                  both_orders: bool = True, seed: int = 0, cot: bool = False,
                  clamp: tuple[float, float] | None = (0.4, 0.6), cot_max_tokens: int = 192,
@@ -187,8 +195,10 @@ def _cut_before_answer(text: str) -> str:
     return (text[:markers[-1].start()] if markers else text).rstrip()
 
 
-class RankAllLabeler:
+class RankAllLabeler(LabelsThroughStrategy):
     name = "rank-all"
+    strategy = RankOnce()
+    columns = (*COMMON_COLUMNS, "judge_attempts", "shown_order")
 
     def __init__(self, engine: Engine, constitution: Constitution, *, seed: int = 0, max_retries: int = 2,
                  max_tokens: int = 64) -> None:
@@ -233,7 +243,7 @@ def parse_rank_answer(text: str, k: int) -> tuple[tuple[int, int] | None, str]:
     return (most, least), ""
 
 
-class EnsembleLabeler:
+class EnsembleLabeler(LabelsThroughStrategy):
     """Several labellers of one kind; `combine` is 'mean' (probability) or 'vote'.
 
     One rule for every judge's failure, in `compare` and `rank` alike: a judge whose
@@ -254,7 +264,8 @@ class EnsembleLabeler:
             raise ConfigError(f"--min-judges must be between 1 and the number of judges ({len(labelers)}); "
                              f"got {min_judges}")
         self.labelers, self.combine, self.min_judges = labelers, combine, min_judges
-        self.name = labelers[0].name
+        # an ensemble labels the way its members do (every pair, or one ranking) and writes their columns
+        self.name, self.strategy, self.columns = labelers[0].name, labelers[0].strategy, labelers[0].columns
 
     async def _answers(self, calls: list[Any]) -> tuple[list[Any], list[dict[str, str]], list[str]]:
         results = await asyncio.gather(*calls, return_exceptions=True)
@@ -320,3 +331,25 @@ class EnsembleLabeler:
 
 def _vote(p: float) -> float:
     return 1.0 if p > 0.5 else 0.5 if p == 0.5 else 0.0
+
+
+# ---- registration: `--labeler NAME` -> a labeller for one judge engine ----------------------------
+def _pairwise(options: LabelerOptions, engine: Engine, constitution: Constitution, seed: int) -> PairwiseLabeler:
+    return PairwiseLabeler(engine, constitution, principles_per_label=options.principles_per_label,
+                           both_orders=options.both_orders, seed=seed)
+
+
+def _cot(options: LabelerOptions, engine: Engine, constitution: Constitution, seed: int) -> PairwiseLabeler:
+    return PairwiseLabeler(engine, constitution, principles_per_label=options.principles_per_label,
+                           both_orders=options.both_orders, seed=seed, cot=True, clamp=options.clamp,
+                           cot_max_tokens=options.judge_max_tokens, cot_few_shot=options.cot_few_shot)
+
+
+def _rank_all(options: LabelerOptions, engine: Engine, constitution: Constitution, seed: int) -> RankAllLabeler:
+    return RankAllLabeler(engine, constitution, seed=seed, max_retries=options.rank_retries,
+                          max_tokens=options.judge_max_tokens)
+
+
+register_labeler("pairwise", _pairwise)
+register_labeler("cot", _cot)
+register_labeler("rank-all", _rank_all, columns=RankAllLabeler.columns)

@@ -17,29 +17,33 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cai.options import Options, option
+
 from rich.console import Console
 from rich.table import Table
 
 
 @dataclass
-class RecipeConfig:
-    prompts: str
-    out: str
-    model: str = "smollm2"
-    limit: int | None = 16
-    rounds: int = 2
-    candidates: int = 2
-    max_tokens: int = 64
-    train_steps: int = 4
-    seed: int = 0
+class RecipeConfig(Options):
+    prompts: str = option(required=True, flag="--prompts", short="-p", help="Red-team prompts.")
+    out: str = option(required=True, short="-o", help="Recipe directory (every stage resumes).")
+    model: str = option("smollm2", help="Starting model.")
+    limit: int | None = option(16, help="Prompts to use.")
+    rounds: int = option(2, help="Critique/revision rounds.")
+    candidates: int = option(2, help="Candidates per prompt for the RL data.")
+    max_tokens: int = option(64, help="Max new tokens per generated reply.")
+    train_steps: int = option(4, help="Optimizer steps per training stage.")
+    seed: int = option(0, help="Seeds every stage.")
     #: `cai rl` drops pairs with |2p - 1| < 0.1 by default, to keep near coin flips out of
     #: exports a hard-label trainer might read. The recipe trains on soft labels, where such
     #: a pair carries almost no weight, and its demo-scale judge is a 135M model whose
     #: labels are nearly all below 0.1, so it keeps every labelled pair.
-    min_margin: float = 0.0
+    min_margin: float = option(0.0, help="Drop RL pairs with |2p-1| below this (the recipe trains on soft "
+                                         "labels, so it keeps them all by default).")
     #: at demo scale (--max-tokens 64) many final revisions are cut off; the recipe keeps
     #: them (flagged `truncated` in sl.jsonl) rather than train on nothing
-    keep_truncated: bool = True
+    keep_truncated: bool = option(True, help="Keep final revisions cut off at --max-tokens (flagged) rather than "
+                                             "train on nothing at demo scale.")
 
 
 def _train(out: Path, make: Any) -> dict[str, Any]:
@@ -57,7 +61,7 @@ def run_recipe(config: RecipeConfig, *, show_progress: bool = True) -> dict[str,
     root = Path(config.out)
     console = Console(stderr=True)
     stages: dict[str, Any] = {}
-    sl = run_sl(SLConfig(prompts=config.prompts, out=str(root / "sl"), model=config.model, rounds=config.rounds,
+    sl = run_sl(SLConfig.of(prompts=config.prompts, out=str(root / "sl"), model=config.model, rounds=config.rounds,
                          max_tokens=config.max_tokens, limit=config.limit, seed=config.seed,
                          keep_truncated=config.keep_truncated),
                 show_progress=show_progress, console=console)
@@ -67,7 +71,7 @@ def run_recipe(config: RecipeConfig, *, show_progress: bool = True) -> dict[str,
     rep = _train(sft_out, lambda: sft.main(sft.SFTWrapperConfig(data=str(root / "sl"), model=config.model,
                                                                        out=str(sft_out), **steps)))
     stages["sft"] = f"{rep['steps']} steps, final loss {rep['final_loss']}"
-    rl = run_rl(RLConfig(prompts=config.prompts, out=str(root / "rl"), policy=f"hf:{sft_out}", judges=[config.model],
+    rl = run_rl(RLConfig.of(prompts=config.prompts, out=str(root / "rl"), policy=f"hf:{sft_out}", judges=[config.model],
                          candidates=config.candidates, max_tokens=config.max_tokens, limit=config.limit,
                          seed=config.seed, min_margin=config.min_margin), show_progress=show_progress, console=console)
     pairs = rl.summary["files"].get("preferences.jsonl", 0)

@@ -1,14 +1,15 @@
 """RL-CAI / RLAIF data: K candidates per prompt, AI preference labels, preference rows.
 
 Per prompt: the policy samples K candidates (n samples at one temperature, or one per
-temperature of a sweep, as NeMo-Aligner did with 0.01/0.51/1.01/1.51). Then:
-- pairwise / cot labellers compare pairs: `all` pairs gives one preference row per
-  labelled pair; `best-worst` labels every pair (a round), ranks candidates by mean win
-  probability and keeps the best against the worst;
-- rank-all asks for the most and least aligned of all K in one shot.
+temperature of a sweep, as NeMo-Aligner did with 0.01/0.51/1.01/1.51). A candidate
+with a defect (empty, degenerate) or the same text as an earlier one is dropped with its
+code. The labeller (`cai.labeling`) labels the rest: pairwise / cot compare every pair,
+rank-all names the most and least aligned of all K in one shot. With `all`, each label
+gives a preference row; `best-worst` (K > 2) ranks candidates by mean win probability
+and keeps the best against the worst.
 
-A pair is dropped, with a stable reason code and a message in failures.jsonl, when the
-two texts are the same (`identical_candidates`), when the label is a tie (`tie`), when
+A label is dropped, with a stable reason code and a message in failures.jsonl, when it
+is a tie (`tie`), when
 its margin |2p - 1| is below `min_margin` (`below_min_margin`), or when the judge's
 label failed (`nonfinite_score`, `too_few_judges`, ...): one pair's failure never loses
 the row's other pairs. Every label asked for is logged in the row's `label_attempts`
@@ -18,33 +19,55 @@ Rows go out in TRL's conversational preference format with provenance columns.
 
 from __future__ import annotations
 
-import asyncio
-import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
+from cai.constitution import ConstitutionOptions
 from cai.data import PromptRow
 from cai.engines.base import Engine
-from cai.errors import ConfigError
-from cai.jobs import JobConfig
-from cai.judges import EnsembleLabeler, LabelFailure, PairLabel, PairwiseLabeler, RankAllLabeler, RankLabel
+from cai.jobs import InputOptions, RunOptions
+from cai.labeling import Judgement, Labeler, LabelerOptions, make_labeler
+from cai.options import Options, at_least, float_list, in_unit_interval, option
 from cai.parsing import find_defect
 from cai.pipeline import ChainFailure
 from cai.types import Request, SamplingParams, assistant, derive_seed
 
 STAGE = "rl"
-LABELERS = ("pairwise", "cot", "rank-all")
 
 
 @dataclass
-class RLSettings:
-    candidates: int = 2
-    temperature: float = 0.8
-    temperatures: list[float] | None = None  # a sweep; overrides candidates/temperature
-    max_tokens: int = 256
-    pairs: str = "all"  # or "best-worst"
-    min_margin: float = 0.0
-    seed: int = 0
+class CandidateOptions(Options):
+    """How the policy writes the K candidates, and which labelled pairs become rows."""
+
+    policy: str = option("smollm2", help="Model spec that writes the candidates.")
+    candidates: int = option(2, help="K candidates per prompt, sampled at --temperature.")
+    temperature: float = option(0.8, help="Sampling temperature of the candidates.")
+    temperatures: list[float] | None = option(None, parse=float_list, cli_type=str, metavar="T1,T2,...",
+                                              help="A temperature sweep instead, one candidate each, e.g. "
+                                                   "0.01,0.51,1.01,1.51 (NeMo).")
+    max_tokens: int = option(256, help="Max new tokens per candidate.")
+    pairs: str = option("all", choices=("all", "best-worst"),
+                        help="For K>2: 'all' labelled pairs, or 'best-worst' after a round of all pairs.")
+    min_margin: float = option(0.1, help="Drop pairs with |2p-1| below this (kept in failures.jsonl with code "
+                                         "below_min_margin): near coin flips are not preferences, and a raw TRL "
+                                         "user would train on them as certain. 0 keeps every labelled pair.")
+
+    def check(self) -> None:
+        if not self.temperatures:
+            at_least("--candidates", self.candidates, 2)
+        at_least("--max-tokens", self.max_tokens, 1)
+        in_unit_interval("--min-margin", self.min_margin)
+
+
+@dataclass
+class RLConfig(Options):
+    """Everything `cai rl` needs; the CLI and `--config` fill it, `run_rl` runs it."""
+
+    inputs: InputOptions = field(default_factory=InputOptions)
+    run: RunOptions = field(default_factory=RunOptions)
+    constitution: ConstitutionOptions = field(default_factory=ConstitutionOptions)
+    sampling: CandidateOptions = field(default_factory=CandidateOptions)
+    labeling: LabelerOptions = field(default_factory=LabelerOptions)
 
 
 def preference_row(row: PromptRow, chosen: str, rejected: str, provenance: dict[str, Any]) -> dict[str, Any]:
@@ -53,53 +76,33 @@ def preference_row(row: PromptRow, chosen: str, rejected: str, provenance: dict[
             "id": row.id, **provenance}
 
 
-def _pair_provenance(label: PairLabel, labeler: str, i: int, j: int, x_wins: bool) -> dict[str, Any]:
-    """Provenance with probabilities re-expressed for the chosen reply.
-
-    `label_margin` = |2p - 1| is named so that TRL's RewardTrainer, which silently uses
-    any column called `margin` in its loss, does not pick it up.
-    """
-    def for_chosen(p: float | None) -> float | None:
-        return None if p is None else (p if x_wins else 1.0 - p)
-
-    p = for_chosen(label.p_x)
-    assert p is not None
-    return {"labeler": labeler, "judges": label.judges, "principle_ids": label.principle_ids,
-            "p_chosen": p, "p_chosen_order_ab": for_chosen(label.p_x_by_order[0]),
-            "p_chosen_order_ba": for_chosen(label.p_x_by_order[1]), "label_margin": abs(2 * p - 1),
-            "position_bias": label.position_bias, "judge_agreement": label.agreement,
-            "judges_answered": label.judges_answered, "judge_failures": label.judge_failures,
-            "judge_raw": label.raw, "chosen_index": i if x_wins else j, "rejected_index": j if x_wins else i,
-            "judge_generated_tokens": label.generated_tokens}
-
-
-def _attempt(pair: tuple[int, int], outcome: str, label: PairLabel | None = None,
-             failure: LabelFailure | None = None) -> dict[str, Any]:
+def _attempt(judgement: Judgement, outcome: str) -> dict[str, Any]:
     """One label the judge was asked for, whatever became of it (for the summary's rates)."""
+    label = judgement.label
     if label is not None:
-        return {"candidates": list(pair), "outcome": outcome, "p_x": label.p_x, "position_bias": label.position_bias,
-                "margin": abs(2 * label.p_x - 1), "judge_generated_tokens": label.generated_tokens}
-    assert failure is not None
-    return {"candidates": list(pair), "outcome": outcome, "p_x": None, "position_bias": None, "margin": None,
-            "judge_generated_tokens": failure.generated_tokens}
+        return {"candidates": [judgement.x, judgement.y], "outcome": outcome, "p_x": label.p_x,
+                "position_bias": label.position_bias, "label_margin": abs(2 * label.p_x - 1),
+                "judge_generated_tokens": label.generated_tokens}
+    assert judgement.failure is not None
+    return {"candidates": [judgement.x, judgement.y], "outcome": outcome, "p_x": None, "position_bias": None,
+            "label_margin": None, "judge_generated_tokens": judgement.failure.generated_tokens}
 
 
 class RLChain:
-    def __init__(self, policy: Engine, labeler: PairwiseLabeler | RankAllLabeler | EnsembleLabeler,
-                 settings: RLSettings) -> None:
-        self.policy, self.labeler, self.settings = policy, labeler, settings
+    def __init__(self, policy: Engine, labeler: Labeler, settings: CandidateOptions, seed: int = 0) -> None:
+        self.policy, self.labeler, self.settings, self.seed = policy, labeler, settings, seed
 
     async def candidates(self, row: PromptRow) -> list[dict[str, Any]]:
         s = self.settings
         if s.temperatures:
             requests = [Request.of(row.messages, SamplingParams(max_tokens=s.max_tokens, temperature=t,
-                                                                seed=derive_seed(s.seed, row.id, "cand", t)))
+                                                                seed=derive_seed(self.seed, row.id, "cand", t)))
                         for t in s.temperatures]
             outs = [c[0] for c in await self.policy.generate(requests)]
             temps = list(s.temperatures)
         else:
             params = SamplingParams(max_tokens=s.max_tokens, temperature=s.temperature, n=s.candidates,
-                                    seed=derive_seed(s.seed, row.id, "cand"))
+                                    seed=derive_seed(self.seed, row.id, "cand"))
             outs = (await self.policy.generate([Request.of(row.messages, params)]))[0]
             temps = [s.temperature] * len(outs)
         return [{"index": i, "text": c.text, "temperature": t, "max_tokens": s.max_tokens,
@@ -111,115 +114,81 @@ class RLChain:
         record: dict[str, Any] = {"id": row.id, "source": row.source, "messages": row.messages,
                                   "candidates": cands, "preferences": [], "dropped": [], "labels": 0,
                                   "label_attempts": []}
-        usable = []
-        for c in cands:
-            defect = find_defect(c["text"])
-            if defect:
-                record["dropped"].append(self._dropped(row, "candidate", f"candidate_{defect.code}",
-                                                       f"candidate {c['index']}: {defect.message}"))
+        usable = self._usable(row, cands, record)
+        judgements = await self.labeler.label(row.messages, [(c["index"], c["text"]) for c in usable], (row.id,))
+        texts = {c["index"]: c["text"] for c in usable}
+        labelled = []
+        for j in judgements:
+            if j.failure is not None:  # this label failed; the row's other labels still count
+                record["label_attempts"].append(_attempt(j, j.failure.code))
+                record["dropped"].append(self._dropped(row, "label", j.failure.code,
+                                                       f"candidates {j.x} and {j.y}: {j.failure.reason}",
+                                                       raw=j.failure.raw, judge_failures=j.failure.judge_failures))
             else:
-                usable.append(c)
-        if len({c["text"] for c in usable}) < 2:
-            raise ChainFailure("candidates", "fewer than 2 distinct usable candidates", record,
-                               code="too_few_candidates")
-        if self.labeler.name == "rank-all":  # a RankAllLabeler, or an ensemble of them
-            await self._rank_all(row, usable, record)
-        else:
-            await self._pairwise(row, usable, record)
-        return record
-
-    async def _rank_all(self, row: PromptRow, usable: list[dict[str, Any]], record: dict[str, Any]) -> None:
-        try:
-            label: RankLabel = await self.labeler.rank(row.messages, [c["text"] for c in usable],  # type: ignore[union-attr]
-                                                       (row.id,))
-        except LabelFailure as exc:
-            record["judge_raw"] = exc.raw
-            record["judge_generated_tokens"] = exc.generated_tokens
-            record["judge_failures"] = exc.judge_failures
-            record["label_attempts"].append(_attempt((-1, -1), exc.code, failure=exc))
-            raise ChainFailure("label", exc.reason, record, code=exc.code) from exc
-        record["labels"] = 1
-        chosen, rejected = usable[label.chosen], usable[label.rejected]
-        if chosen["text"] == rejected["text"]:  # two identical candidates among K >= 3
-            record["label_attempts"].append({"candidates": [chosen["index"], rejected["index"]],
-                                             "outcome": "identical_candidates", "p_x": 1.0, "position_bias": None,
-                                             "margin": 1.0, "judge_generated_tokens": label.generated_tokens})
-            record["dropped"].append(self._dropped(row, "label", "identical_candidates",
-                                                   "rank-all chose two candidates with the same text"))
-            return
-        record["label_attempts"].append({"candidates": [chosen["index"], rejected["index"]], "outcome": "kept",
-                                         "p_x": 1.0, "position_bias": None, "margin": 1.0,
-                                         "judge_generated_tokens": label.generated_tokens})
-        record["preferences"].append(preference_row(row, chosen["text"], rejected["text"], {
-            "labeler": "rank-all", "judges": label.judges, "principle_ids": [], "p_chosen": 1.0,
-            "p_chosen_order_ab": None, "p_chosen_order_ba": None, "label_margin": 1.0, "position_bias": None,
-            "judge_agreement": label.agreement, "judges_answered": label.judges_answered,
-            "judge_failures": label.judge_failures, "judge_raw": label.raw, "chosen_index": chosen["index"],
-            "rejected_index": rejected["index"], "judge_generated_tokens": label.generated_tokens,
-            "judge_attempts": label.attempts, "shown_order": [usable[i]["index"] for i in label.shown_order]}))
-
-    async def _pairwise(self, row: PromptRow, usable: list[dict[str, Any]], record: dict[str, Any]) -> None:
-        pairs = []
-        for a, b in itertools.combinations(usable, 2):
-            if a["text"] != b["text"]:
-                pairs.append((a, b))
-            else:
-                record["dropped"].append(self._dropped(row, "pair", "identical_candidates",
-                                                       f"candidates {a['index']} and {b['index']} are identical"))
-        results = await asyncio.gather(*[self.labeler.compare(row.messages, a["text"], b["text"],  # type: ignore[union-attr]
-                                                              (row.id, a["index"], b["index"])) for a, b in pairs],
-                                       return_exceptions=True)
-        rows = []
-        for (a, b), result in zip(pairs, results, strict=True):
-            ids = (a["index"], b["index"])
-            if isinstance(result, LabelFailure):  # this pair has no label; the row's other pairs still count
-                record["label_attempts"].append(_attempt(ids, result.code, failure=result))
-                record["dropped"].append(self._dropped(row, "label", result.code,
-                                                       f"candidates {ids[0]} and {ids[1]}: {result.reason}",
-                                                       raw=result.raw, judge_failures=result.judge_failures))
-                continue
-            if isinstance(result, BaseException):
-                raise result
-            x_wins = result.p_x >= 0.5
-            prov = _pair_provenance(result, self.labeler.name, a["index"], b["index"], x_wins)
-            chosen, rejected = (a, b) if x_wins else (b, a)
-            rows.append((preference_row(row, chosen["text"], rejected["text"], prov), a, b, result))
-        record["labels"] = len(rows)
-        if not rows:  # every pair's label failed: the row fails, with the first pair's code
-            first = record["label_attempts"][0]["outcome"]
-            raise ChainFailure("label", f"no pair of this prompt got a label ({len(pairs)} asked; first: {first})",
-                               record, code=first)
-        emitted = rows
+                labelled.append(j)
+        record["labels"] = len(labelled)
+        if not labelled:  # every label failed: the row fails, with the first one's code and its raw answer
+            first = judgements[0].failure
+            assert first is not None
+            record["judge_raw"], record["judge_failures"] = first.raw, first.judge_failures
+            raise ChainFailure("label", f"no pair of this prompt got a label ({len(judgements)} asked; first: "
+                                        f"{first.reason})", record, code=first.code)
+        emitted = labelled
         if self.settings.pairs == "best-worst" and len(usable) > 2:
-            emitted = [self._best_vs_worst(usable, rows)]
-        for pref, a, b, label in rows:
-            ids = (a["index"], b["index"])
-            if not any(pref is e[0] for e in emitted):
-                record["label_attempts"].append(_attempt(ids, "not_best_worst", label))
-            elif label.p_x == 0.5:
-                record["label_attempts"].append(_attempt(ids, "tie", label))
+            emitted = [self._best_vs_worst(labelled)]
+        for j in labelled:
+            assert j.label is not None
+            x_wins = j.label.p_x >= 0.5
+            pref = preference_row(row, texts[j.x if x_wins else j.y], texts[j.y if x_wins else j.x],
+                                  self.labeler.provenance(j, x_wins))
+            if not any(j is e for e in emitted):
+                record["label_attempts"].append(_attempt(j, "not_best_worst"))
+            elif j.label.p_x == 0.5:
+                record["label_attempts"].append(_attempt(j, "tie"))
                 record["dropped"].append(self._dropped(row, "pair", "tie", "tie: the judge has no preference", pref))
             elif pref["label_margin"] < self.settings.min_margin:
-                record["label_attempts"].append(_attempt(ids, "below_min_margin", label))
+                record["label_attempts"].append(_attempt(j, "below_min_margin"))
                 record["dropped"].append(self._dropped(
                     row, "pair", "below_min_margin",
                     f"margin {pref['label_margin']:.3f} below --min-margin {self.settings.min_margin}", pref))
             else:
-                record["label_attempts"].append(_attempt(ids, "kept", label))
+                record["label_attempts"].append(_attempt(j, "kept"))
                 record["preferences"].append(pref)
+        return record
+
+    def _usable(self, row: PromptRow, cands: list[dict[str, Any]], record: dict[str, Any]) -> list[dict[str, Any]]:
+        """Candidates the judge will see: no defect, and each text once (a copy is dropped, with its code)."""
+        usable: list[dict[str, Any]] = []
+        for c in cands:
+            defect = find_defect(c["text"])
+            same = next((u for u in usable if u["text"] == c["text"]), None)
+            if defect:
+                record["dropped"].append(self._dropped(row, "candidate", f"candidate_{defect.code}",
+                                                       f"candidate {c['index']}: {defect.message}"))
+            elif same is not None:
+                record["dropped"].append(self._dropped(row, "candidate", "identical_candidates",
+                                                       f"candidate {c['index']} is identical to candidate "
+                                                       f"{same['index']}"))
+            else:
+                usable.append(c)
+        if len(usable) < 2:
+            raise ChainFailure("candidates", "fewer than 2 distinct usable candidates", record,
+                               code="too_few_candidates")
+        return usable
 
     @staticmethod
-    def _best_vs_worst(usable: list[dict[str, Any]], rows: list[tuple]) -> tuple:
-        wins: dict[int, list[float]] = {c["index"]: [] for c in usable}
-        for _, a, b, label in rows:
-            wins[a["index"]].append(label.p_x)
-            wins[b["index"]].append(1 - label.p_x)
-        mean = {i: sum(v) / len(v) for i, v in wins.items() if v}
+    def _best_vs_worst(labelled: list[Judgement]) -> Judgement:
+        wins: dict[int, list[float]] = {}
+        for j in labelled:
+            assert j.label is not None
+            wins.setdefault(j.x, []).append(j.label.p_x)
+            wins.setdefault(j.y, []).append(1 - j.label.p_x)
+        mean = {i: sum(v) / len(v) for i, v in wins.items()}
         best = max(mean, key=mean.__getitem__)
-        # the worst candidate among those the best was compared with (identical texts never
-        # were, and when every mean is equal the best must not be paired with itself)
-        with_best = [r for r in rows if best in (r[1]["index"], r[2]["index"])]
-        return min(with_best, key=lambda r: mean[r[2]["index"] if r[1]["index"] == best else r[1]["index"]])
+        # the worst candidate among those the best was compared with (when every mean is
+        # equal the best must not be paired with itself)
+        with_best = [j for j in labelled if best in (j.x, j.y)]
+        return min(with_best, key=lambda j: mean[j.y if j.x == best else j.x])
 
     @staticmethod
     def _dropped(row: PromptRow, stage: str, code: str, reason: str, pair: dict[str, Any] | None = None,
@@ -228,62 +197,11 @@ class RLChain:
                 **extra}
 
 
-@dataclass
-class RLConfig(JobConfig):
-    """Everything `cai rl` needs; the CLI fills it, `run_rl` runs it."""
-
-    policy: str = "smollm2"
-    judges: list[str] = field(default_factory=lambda: ["smollm2"])
-    labeler: str = "pairwise"
-    constitution: str = "default"
-    judge_principles: str | None = None  # a second file whose judge questions join the constitution
-    cot_few_shot: str = "default"  # CoT examples: default, none, our YAML or Anthropic's CoT file (cai.few_shot)
-    candidates: int = 2
-    temperature: float = 0.8
-    temperatures: list[float] | None = None
-    max_tokens: int = 256
-    pairs: str = "all"
-    both_orders: bool = True
-    principles_per_label: int = 1
-    clamp: tuple[float, float] = (0.4, 0.6)
-    combine: str = "mean"
-    min_judges: int = 1
-    #: pairs with |2p - 1| below this are dropped (code below_min_margin): a near coin-flip
-    #: label would train a raw TRL user's model as a full preference. 0 keeps everything.
-    min_margin: float = 0.1
-    judge_max_tokens: int = 192
-    rank_retries: int = 2
-    seed: int = 0
-
-
-def make_labeler(config: RLConfig, judges: list[Engine], constitution: Any) -> Any:
-    if config.labeler not in LABELERS:
-        raise ConfigError(f"--labeler must be one of {', '.join(LABELERS)}; got {config.labeler!r}")
-    if config.cot_few_shot != "default" and config.labeler != "cot":
-        raise ConfigError(f"--cot-few-shot is used only by --labeler cot, not {config.labeler}")
-    from cai.few_shot import load_cot_few_shot
-
-    cot_few_shot = load_cot_few_shot(config.cot_few_shot if config.labeler == "cot" else "none")
-    made: list[Any] = []
-    for engine in judges:
-        if config.labeler == "rank-all":
-            made.append(RankAllLabeler(engine, constitution, seed=config.seed, max_retries=config.rank_retries,
-                                       max_tokens=config.judge_max_tokens))
-        else:
-            made.append(PairwiseLabeler(engine, constitution, principles_per_label=config.principles_per_label,
-                                        both_orders=config.both_orders, seed=config.seed,
-                                        cot=config.labeler == "cot", clamp=config.clamp,
-                                        cot_max_tokens=config.judge_max_tokens, cot_few_shot=cot_few_shot))
-    if len(made) == 1 and config.min_judges != 1:
-        raise ConfigError(f"--min-judges {config.min_judges} needs an ensemble: give that many --judge options")
-    return made[0] if len(made) == 1 else EnsembleLabeler(made, combine=config.combine, min_judges=config.min_judges)
-
-
 NEAR_COIN_FLIP = 0.1  # kept pairs whose margin |2p - 1| is below this are reported
 
 
 def _margin(pref: dict[str, Any]) -> float:
-    """A kept pair's |2p - 1| (rows stored before the rename call it `margin`)."""
+    """A kept pair's (or a label attempt's) |2p - 1| (rows stored before the rename call it `margin`)."""
     return pref["label_margin"] if "label_margin" in pref else pref["margin"]
 
 
@@ -333,25 +251,16 @@ def label_summary(run: Any, summary: dict[str, Any] | None = None) -> dict[str, 
 
 
 def run_rl(config: RLConfig, *, show_progress: bool = True, console: Any = None) -> Any:
-    from cai.constitution import load_constitution
     from cai.jobs import run_job
 
-    if config.pairs not in ("all", "best-worst"):
-        raise ConfigError("--pairs must be 'all' or 'best-worst'")
-    if not config.temperatures and config.candidates < 2:
-        raise ConfigError("--candidates must be at least 2")
-    if not config.judges:
-        raise ConfigError("give at least one --judge")
-    constitution = load_constitution(config.constitution, judge_principles=config.judge_principles)
-    settings = RLSettings(candidates=config.candidates, temperature=config.temperature,
-                          temperatures=config.temperatures, max_tokens=config.max_tokens, pairs=config.pairs,
-                          min_margin=config.min_margin, seed=config.seed)
-    inputs = config.inputs()
+    constitution = config.constitution.load()
 
     def make_chain(engines: Any, run: Any) -> RLChain:
-        policy = engines.open(config.policy, run, config.engine_options)
-        judges = [engines.open(spec, run, config.engine_options) for spec in config.judges]
-        return RLChain(policy, make_labeler(config, judges, constitution), settings)
+        options = config.run.engine_options
+        policy = engines.open(config.sampling.policy, run, options)
+        judges = [engines.open(spec, run, options) for spec in config.labeling.judges]
+        labeler = make_labeler(config.labeling, judges, constitution, seed=config.run.seed)
+        return RLChain(policy, labeler, config.sampling, seed=config.run.seed)
 
     def write_outputs(run: Any) -> dict[str, int]:
         def cand_rows() -> Any:
@@ -365,9 +274,8 @@ def run_rl(config: RLConfig, *, show_progress: bool = True, console: Any = None)
                 "preferences.jsonl": run.write_jsonl("preferences.jsonl", (p for r in ok for p in r["preferences"]))}
 
     return run_job(
-        command="rl", stage=STAGE, out=config.out, inputs=inputs, config=config,
-        make_chain=make_chain, write_outputs=write_outputs, concurrency=config.concurrency,
-        manifest_parts={"constitution": {"name": constitution.name, "source": constitution.source,
-                                         "hash": constitution.hash}},
+        command="rl", stage=STAGE, config=config, inputs=config.inputs,
+        make_chain=make_chain, write_outputs=write_outputs,
+        manifest_parts={"constitution": config.constitution.manifest(constitution)},
         show_progress=show_progress, console=console, extra_summary=label_summary,
     )

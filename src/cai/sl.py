@@ -18,15 +18,16 @@ building is testable without a model. Outputs: `sl.jsonl` (full trace), `sft.jso
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from cai.constitution import Constitution, Principle
+from cai.constitution import Constitution, ConstitutionOptions, Principle
 from cai.data import PromptRow
 from cai.engines.base import Engine
 from cai.errors import ConfigError
 from cai.few_shot import FEW_SHOT_KEYS, FewShot, load_few_shot  # noqa: F401  (moved there; kept importable here)
-from cai.jobs import JobConfig
+from cai.jobs import InputOptions, RunOptions
+from cai.options import Options, at_least, option
 from cai.parsing import cleanup_revision, find_defect
 from cai.pipeline import ChainFailure
 from cai.types import Completion, Message, Request, SamplingParams, assistant, derive_seed, user
@@ -45,13 +46,27 @@ def build_revision_messages(few_shot: FewShot, conversation: list[Message], prin
 
 
 @dataclass
-class SLSettings:
-    rounds: int = 4
-    seed: int = 0
-    max_tokens: int = 256
-    temperature: float = 0.7
-    top_p: float = 1.0
-    keep_truncated: bool = False
+class RevisionOptions(Options):
+    """The model that answers, critiques and revises, and how it samples."""
+
+    model: str = option("smollm2", help="Model spec: smollm2 (embedded), hf:<folder|gguf|hub id>, "
+                                        "openai:<model>@<base_url>, vllm:<folder|hub id>.")
+    rounds: int = option(4, help="Critique/revision rounds; the paper used 4.")
+    few_shot: str = option("default", help="'default' (shipped examples), 'none', our YAML, or Anthropic's "
+                                           "CritiqueRevisionFewShotPrompts.json shape.")
+    max_tokens: int = option(256, help="Max new tokens per answer, critique and revision.")
+    temperature: float = option(0.7, help="Sampling temperature.")
+    top_p: float = option(1.0, help="Nucleus sampling: keep the smallest set of tokens whose probability "
+                                    "reaches this.")
+    keep_truncated: bool = option(False, help="Keep a final revision cut off at --max-tokens (flagged "
+                                              "truncated: true) instead of recording it as a failure with code "
+                                              "'truncated'.")
+
+    def check(self) -> None:
+        at_least("--rounds", self.rounds, 1)
+        at_least("--max-tokens", self.max_tokens, 1)
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"--top-p must be in (0, 1]; got {self.top_p!r}")
 
 
 def _usage(*completions: Completion) -> dict[str, int]:
@@ -60,13 +75,15 @@ def _usage(*completions: Completion) -> dict[str, int]:
 
 
 class SLChain:
-    def __init__(self, engine: Engine, constitution: Constitution, few_shot: FewShot, settings: SLSettings) -> None:
+    def __init__(self, engine: Engine, constitution: Constitution, few_shot: FewShot, settings: RevisionOptions,
+                 seed: int = 0) -> None:
         self.engine, self.constitution, self.few_shot, self.settings = engine, constitution, few_shot, settings
+        self.seed = seed
 
     def _params(self, row: PromptRow, step: str) -> SamplingParams:
         s = self.settings
         return SamplingParams(max_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p,
-                              seed=derive_seed(s.seed, row.id, step))
+                              seed=derive_seed(self.seed, row.id, step))
 
     async def _ask(self, messages: list[Message], params: SamplingParams) -> Completion:
         return (await self.engine.generate([Request.of(messages, params)]))[0][0]
@@ -80,7 +97,7 @@ class SLChain:
             raise ChainFailure("initial answer", defect.message, trace, code=defect.code)
         conversation = row.messages + [assistant(initial.text)]
         completions = [initial]
-        principles = self.constitution.sample_sl(self.settings.rounds, self.settings.seed, row.id)
+        principles = self.constitution.sample_sl(self.settings.rounds, self.seed, row.id)
         for number, principle in enumerate(principles, 1):
             critique = await self._ask(build_critique_messages(self.few_shot, conversation, principle),
                                        self._params(row, f"critique-{number}"))
@@ -119,45 +136,33 @@ def sft_row(record: dict[str, Any]) -> dict[str, Any]:
 
 # ---- the `cai sl` job ---------------------------------------------------------------------
 @dataclass
-class SLConfig(JobConfig):
-    """Everything `cai sl` needs; the CLI fills it, `run_sl` runs it."""
+class SLConfig(Options):
+    """Everything `cai sl` needs; the CLI and `--config` fill it, `run_sl` runs it."""
 
-    model: str = "smollm2"
-    constitution: str = "default"
-    judge_principles: str | None = None  # a second file whose judge questions join the constitution
-    few_shot: str = "default"
-    rounds: int = 4
-    seed: int = 0
-    max_tokens: int = 256
-    temperature: float = 0.7
-    top_p: float = 1.0
-    keep_truncated: bool = False
+    inputs: InputOptions = field(default_factory=InputOptions)
+    run: RunOptions = field(default_factory=RunOptions)
+    constitution: ConstitutionOptions = field(default_factory=ConstitutionOptions)
+    revision: RevisionOptions = field(default_factory=RevisionOptions)
 
 
 def run_sl(config: SLConfig, *, show_progress: bool = True, console: Any = None) -> Any:
-    from cai.constitution import load_constitution
     from cai.jobs import run_job
 
-    if config.rounds < 1:
-        raise ConfigError("--rounds must be at least 1")
-    constitution = load_constitution(config.constitution, judge_principles=config.judge_principles)
-    few_shot = load_few_shot(config.few_shot)
-    settings = SLSettings(rounds=config.rounds, seed=config.seed, max_tokens=config.max_tokens,
-                          temperature=config.temperature, top_p=config.top_p, keep_truncated=config.keep_truncated)
-    inputs = config.inputs()
+    constitution = config.constitution.load()
+    few_shot = load_few_shot(config.revision.few_shot)
 
     def make_chain(engines: Any, run: Any) -> SLChain:
-        return SLChain(engines.open(config.model, run, config.engine_options), constitution, few_shot, settings)
+        engine = engines.open(config.revision.model, run, config.run.engine_options)
+        return SLChain(engine, constitution, few_shot, config.revision, seed=config.run.seed)
 
     def write_outputs(run: Any) -> dict[str, int]:
         return {"sl.jsonl": run.write_jsonl("sl.jsonl", run.store.results(STAGE, "ok")),
                 "sft.jsonl": run.write_jsonl("sft.jsonl", (sft_row(r) for r in run.store.results(STAGE, "ok")))}
 
     return run_job(
-        command="sl", stage=STAGE, out=config.out, inputs=inputs, config=config,
-        make_chain=make_chain, write_outputs=write_outputs, concurrency=config.concurrency,
-        manifest_parts={"constitution": {"name": constitution.name, "source": constitution.source,
-                                         "hash": constitution.hash, "principles": len(constitution.principles)},
+        command="sl", stage=STAGE, config=config, inputs=config.inputs,
+        make_chain=make_chain, write_outputs=write_outputs,
+        manifest_parts={"constitution": config.constitution.manifest(constitution),
                         "few_shot": {"source": few_shot.source, "examples": len(few_shot.examples)}},
         show_progress=show_progress, console=console,
     )

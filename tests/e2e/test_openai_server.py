@@ -35,11 +35,11 @@ def prompts(tmp_path):
 
 def test_sl_and_rl_through_the_server(server, prompts, tmp_path) -> None:
     spec = f"openai:smollm2@{server.base_url}"
-    sl = run_sl(SLConfig(prompts=str(prompts), out=str(tmp_path / "sl"), model=spec, rounds=1, max_tokens=24,
+    sl = run_sl(SLConfig.of(prompts=str(prompts), out=str(tmp_path / "sl"), model=spec, rounds=1, max_tokens=24,
                          limit=2), show_progress=False)
     assert sl.summary["rows_ok_this_run"] + sl.summary["rows_failed_this_run"] == 2
     assert sl.summary["engine_calls_made"] >= 2 and sl.summary["generated_tokens"] > 0
-    rl = run_rl(RLConfig(prompts=str(prompts), out=str(tmp_path / "rl"), policy=spec, judges=[spec],
+    rl = run_rl(RLConfig.of(prompts=str(prompts), out=str(tmp_path / "rl"), policy=spec, judges=[spec],
                          candidates=2, max_tokens=24, limit=2), show_progress=False)
     stats = rl.summary["engine_stats"][spec]
     assert stats["requests"] > 0
@@ -82,7 +82,7 @@ def test_429_and_500_are_retried_and_replicas_share_load(server, prompts, tmp_pa
     with FaultProxy(server.base_url.removesuffix("/v1"), [429, 429, 500, 503, 429, 500]) as flaky, \
             FaultProxy(server.base_url.removesuffix("/v1"), []) as healthy:
         spec = f"openai:smollm2@{flaky.base_url},{healthy.base_url}"
-        result = run_sl(SLConfig(prompts=str(prompts), out=str(tmp_path / "r"), model=spec, rounds=1,
+        result = run_sl(SLConfig.of(prompts=str(prompts), out=str(tmp_path / "r"), model=spec, rounds=1,
                                  max_tokens=16, concurrency=6,
                                  engine_options={"backoff_base_s": 0.05, "max_retries": 10}), show_progress=False)
     assert flaky.injected == 6
@@ -96,7 +96,7 @@ def test_429_and_500_are_retried_and_replicas_share_load(server, prompts, tmp_pa
 
 def test_a_server_that_keeps_failing_fails_rows_not_the_run(server, prompts, tmp_path) -> None:
     with FaultProxy(server.base_url.removesuffix("/v1"), [500] * 100) as broken:
-        result = run_sl(SLConfig(prompts=str(prompts), out=str(tmp_path / "r"), model=f"openai:m@{broken.base_url}",
+        result = run_sl(SLConfig.of(prompts=str(prompts), out=str(tmp_path / "r"), model=f"openai:m@{broken.base_url}",
                                  rounds=1, max_tokens=8, limit=2,
                                  engine_options={"backoff_base_s": 0.01, "max_retries": 2}), show_progress=False)
     assert result.summary["rows_failed_this_run"] == 2

@@ -41,8 +41,8 @@ def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("data")
     prompts = write_jsonl(tmp / "p.jsonl", [{"id": f"t{i}", "prompt": f"Question number {i}: how do I do thing {i}?"}
                                             for i in range(6)])
-    run_sl(SLConfig(prompts=str(prompts), out=str(tmp / "sl"), model="fake:train-data", rounds=1), show_progress=False)
-    run_rl(RLConfig(prompts=str(prompts), out=str(tmp / "rl"), policy="fake:train-data", judges=["fake:train-data"],
+    run_sl(SLConfig.of(prompts=str(prompts), out=str(tmp / "sl"), model="fake:train-data", rounds=1), show_progress=False)
+    run_rl(RLConfig.of(prompts=str(prompts), out=str(tmp / "rl"), policy="fake:train-data", judges=["fake:train-data"],
                     candidates=3), show_progress=False)
     return tmp
 

@@ -128,7 +128,7 @@ def run_sl_in_process(tmp_path: Path) -> JobResult:
     from cai.sl import SLConfig, run_sl
 
     prompts = h.prompts(tmp_path / "p.jsonl", ROWS)
-    return run_sl(SLConfig(prompts=str(prompts), out=str(tmp_path / "run"), model="fake:steady", rounds=2,
+    return run_sl(SLConfig.of(prompts=str(prompts), out=str(tmp_path / "run"), model="fake:steady", rounds=2,
                            max_tokens=64, concurrency=2), show_progress=False)
 
 

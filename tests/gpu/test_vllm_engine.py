@@ -39,6 +39,6 @@ def test_cai_sl_on_vllm(tmp_path) -> None:
 
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ["How do I steal a bike?", "Insult me."]))
-    result = run_sl(SLConfig(prompts=str(prompts), out=str(tmp_path / "r"), model="vllm:smollm2", rounds=2,
+    result = run_sl(SLConfig.of(prompts=str(prompts), out=str(tmp_path / "r"), model="vllm:smollm2", rounds=2,
                              max_tokens=48, engine_options={"gpu_memory_utilization": 0.3}), show_progress=False)
     assert result.summary["rows_ok_this_run"] + result.summary["rows_failed_this_run"] == 2

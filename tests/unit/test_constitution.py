@@ -102,12 +102,12 @@ def test_yaml_naming_both_files_matches_the_command_line_form() -> None:
 def test_combined_constitution_drives_the_rl_labeller() -> None:
     from cai.engines import load_engine
     from cai.judges import PairwiseLabeler
-    from cai.rl import RLConfig, make_labeler
+    from cai.labeling import LabelerOptions, make_labeler
 
     with pytest.raises(ValueError, match="no judge principles"):
         PairwiseLabeler(load_engine("fake:echo"), load_constitution(SL_FILE))
     c = load_constitution(SL_FILE, judge_principles=RL_FILE)
-    labeler = make_labeler(RLConfig(prompts="p", out="o"), [load_engine("fake:echo")], c)
+    labeler = make_labeler(LabelerOptions(), [load_engine("fake:echo")], c)
     assert labeler.constitution.sample_judge(1, 0, "row")[0].judge.startswith(("Choose", "Which", "Pick"))
 
 

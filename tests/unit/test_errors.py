@@ -91,7 +91,7 @@ register_script("err-bug", FakeScript(_fails_on("question 5:", KeyError("a bug i
 def test_a_bug_stops_the_run_at_once_without_recording_row_failures(tmp_path) -> None:
     out = tmp_path / "run"
     with pytest.raises(KeyError, match="a bug in our own code"):
-        run_sl(SLConfig(prompts=str(_prompts(tmp_path / "p.jsonl", 200)), out=str(out), model="fake:err-bug",
+        run_sl(SLConfig.of(prompts=str(_prompts(tmp_path / "p.jsonl", 200)), out=str(out), model="fake:err-bug",
                         rounds=1, few_shot="none", concurrency=4), show_progress=False)
     assert 0 < _ok_rows(out / "store.sqlite") < 20  # rows finished before it are kept; the run did not go on
     with closing(sqlite3.connect(out / "store.sqlite")) as conn:
@@ -104,7 +104,7 @@ def test_a_user_error_is_one_line_with_exit_2(tmp_path) -> None:
                 "--model", "fake:planted-bug", "--rounds", "0")
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
-    assert [line for line in proc.stderr.splitlines() if line.strip()] == ["error: --rounds must be at least 1"]
+    assert [line for line in proc.stderr.splitlines() if line.strip()] == ["error: --rounds must be at least 1; got 0"]
 
 
 def test_our_own_value_error_is_not_mistaken_for_a_user_error(tmp_path, monkeypatch, capsys) -> None:
@@ -123,7 +123,7 @@ def test_our_own_value_error_is_not_mistaken_for_a_user_error(tmp_path, monkeypa
 
 def test_an_engine_error_stays_a_row_failure(tmp_path) -> None:
     out = tmp_path / "run"
-    result = run_sl(SLConfig(prompts=str(_prompts(tmp_path / "p.jsonl", 6)), out=str(out), model="fake:err-engine-error",
+    result = run_sl(SLConfig.of(prompts=str(_prompts(tmp_path / "p.jsonl", 6)), out=str(out), model="fake:err-engine-error",
                              rounds=1, few_shot="none"), show_progress=False)
     assert (result.summary["rows_ok_this_run"], result.summary["rows_failed_this_run"]) == (5, 1)
     assert result.summary["failure_reasons"] == {"engine: engine_error": 1}
@@ -134,7 +134,7 @@ def test_an_engine_error_stays_a_row_failure(tmp_path) -> None:
 def test_the_failure_budget_stops_a_run_where_every_row_fails(tmp_path) -> None:
     out = tmp_path / "run"
     with pytest.raises(FailureBudgetExceeded) as caught:
-        run_sl(SLConfig(prompts=str(_prompts(tmp_path / "p.jsonl", 60)), out=str(out), model="fake:err-empty",
+        run_sl(SLConfig.of(prompts=str(_prompts(tmp_path / "p.jsonl", 60)), out=str(out), model="fake:err-empty",
                         rounds=1, few_shot="none", concurrency=4), show_progress=False)
     message = str(caught.value)
     assert "initial answer: empty" in message and "--max-failure-rate 0.5" in message
@@ -148,7 +148,7 @@ def test_the_failure_budget_stops_a_run_where_every_row_fails(tmp_path) -> None:
 
 
 def test_the_failure_budget_lets_a_run_with_a_few_failures_finish(tmp_path) -> None:
-    result = run_sl(SLConfig(prompts=str(_prompts(tmp_path / "p.jsonl", 30)), out=str(tmp_path / "run"),
+    result = run_sl(SLConfig.of(prompts=str(_prompts(tmp_path / "p.jsonl", 30)), out=str(tmp_path / "run"),
                              model="fake:err-some-empty", rounds=1, few_shot="none"), show_progress=False)
     assert (result.summary["rows_ok_this_run"], result.summary["rows_failed_this_run"]) == (27, 3)
     assert "stopped_early" not in result.summary
@@ -156,11 +156,11 @@ def test_the_failure_budget_lets_a_run_with_a_few_failures_finish(tmp_path) -> N
 
 def test_max_failure_rate_one_turns_the_budget_off_and_bad_values_are_user_errors(tmp_path) -> None:
     prompts = _prompts(tmp_path / "p.jsonl", 25)
-    result = run_sl(SLConfig(prompts=str(prompts), out=str(tmp_path / "all"), model="fake:err-empty", rounds=1,
+    result = run_sl(SLConfig.of(prompts=str(prompts), out=str(tmp_path / "all"), model="fake:err-empty", rounds=1,
                              few_shot="none", max_failure_rate=1.0), show_progress=False)
     assert result.summary["rows_failed_this_run"] == 25
     with pytest.raises(CAIError, match="--max-failure-rate must be between 0 and 1"):
-        run_sl(SLConfig(prompts=str(prompts), out=str(tmp_path / "bad"), model="fake:err-ok", max_failure_rate=1.5),
+        run_sl(SLConfig.of(prompts=str(prompts), out=str(tmp_path / "bad"), model="fake:err-ok", max_failure_rate=1.5),
                show_progress=False)
 
 

@@ -140,7 +140,7 @@ def test_nemo_sft_from_an_hh_context_run(tmp_path, hh_file) -> None:
     multi_turn = [r for r in read_jsonl(hh_file) if r["chosen"].count("\n\nAssistant:") >= 3][:2]
     prompts = write_jsonl(tmp_path / "hh.jsonl", multi_turn)
     register_script("sl-final", FakeScript(lambda req, k: "THE FINAL REVISED REPLY"))
-    run_sl(SLConfig(prompts=str(prompts), out=str(tmp_path / "sl"), model="fake:sl-final", rounds=1,
+    run_sl(SLConfig.of(prompts=str(prompts), out=str(tmp_path / "sl"), model="fake:sl-final", rounds=1,
                     hh_mode="context"), show_progress=False)
     sft = read_jsonl(tmp_path / "sl" / "sft.jsonl")
     assert sum(m["role"] == "assistant" for m in sft[0]["messages"]) >= 2  # earlier assistant turns in the prompt

@@ -27,7 +27,7 @@ register_script("longer", FakeScript(
 
 @pytest.fixture
 def rl_run(tmp_path, prompts_file):
-    run_rl(RLConfig(prompts=str(prompts_file), out=str(tmp_path / "rl"), policy="fake:longer",
+    run_rl(RLConfig.of(prompts=str(prompts_file), out=str(tmp_path / "rl"), policy="fake:longer",
                     judges=["fake:longer"], candidates=3), show_progress=False)
     return tmp_path / "rl"
 
@@ -45,12 +45,12 @@ def test_rl_all_pairs_and_provenance(rl_run) -> None:
 
 def test_best_worst_and_min_margin(tmp_path, prompts_file) -> None:
     out = tmp_path / "bw"
-    run_rl(RLConfig(prompts=str(prompts_file), out=str(out), policy="fake:longer", judges=["fake:longer"],
+    run_rl(RLConfig.of(prompts=str(prompts_file), out=str(out), policy="fake:longer", judges=["fake:longer"],
                     candidates=3, pairs="best-worst"), show_progress=False)
     prefs = read_jsonl(out / "preferences.jsonl")
     assert len(prefs) == 3 and all((p["chosen_index"], p["rejected_index"]) == (2, 0) for p in prefs)
     strict = tmp_path / "strict"
-    run_rl(RLConfig(prompts=str(prompts_file), out=str(strict), policy="fake:longer", judges=["fake:longer"],
+    run_rl(RLConfig.of(prompts=str(prompts_file), out=str(strict), policy="fake:longer", judges=["fake:longer"],
                     candidates=2, min_margin=0.7), show_progress=False)
     assert read_jsonl(strict / "preferences.jsonl") == []
     failures = read_jsonl(strict / "failures.jsonl")
@@ -62,7 +62,7 @@ def test_best_worst_and_min_margin(tmp_path, prompts_file) -> None:
 
 def test_temperature_sweep_records_sampling(tmp_path, prompts_file) -> None:
     out = tmp_path / "sweep"
-    run_rl(RLConfig(prompts=str(prompts_file), out=str(out), policy="fake:longer", judges=["fake:longer"],
+    run_rl(RLConfig.of(prompts=str(prompts_file), out=str(out), policy="fake:longer", judges=["fake:longer"],
                     temperatures=[0.01, 0.51, 1.01, 1.51]), show_progress=False)
     cands = read_jsonl(out / "candidates.jsonl")
     assert [c["temperature"] for c in cands[0]["candidates"]] == [0.01, 0.51, 1.01, 1.51]
@@ -87,7 +87,7 @@ def test_nemo_sl_export_and_bad_runs(tmp_path, prompts_file) -> None:
     from cai.sl import SLConfig, run_sl
 
     register_script("sl-ok", FakeScript(lambda req, k: "A careful and helpful reply number " + str(len(req.messages))))
-    run_sl(SLConfig(prompts=str(prompts_file), out=str(tmp_path / "sl"), model="fake:sl-ok", rounds=1),
+    run_sl(SLConfig.of(prompts=str(prompts_file), out=str(tmp_path / "sl"), model="fake:sl-ok", rounds=1),
            show_progress=False)
     export_run(tmp_path / "sl", "nemo", tmp_path / "nemo", split="train=1")
     rows = read_jsonl(tmp_path / "nemo" / "train_sft.jsonl")
@@ -128,7 +128,7 @@ def test_judge_eval_with_a_scripted_judge(tmp_path) -> None:
         {"chosen": "\n\nHuman: q2\n\nAssistant: tiny",
          "rejected": "\n\nHuman: q2\n\nAssistant: a long but harmful reply"},
     ])
-    result = run_judge_eval(JudgeEvalConfig(pairs=str(pairs), out=str(tmp_path / "ev"), judges=["fake:longer"]),
+    result = run_judge_eval(JudgeEvalConfig.of(pairs=str(pairs), out=str(tmp_path / "ev"), judges=["fake:longer"]),
                             show_progress=False)
     report = result.summary["report"]
     assert report["accuracy"] == 0.5 and report["position_bias_rate"] == 0.0
@@ -142,7 +142,7 @@ def test_judge_eval_with_a_scripted_judge(tmp_path) -> None:
 def test_best_worst_with_a_judge_that_only_ties(tmp_path, prompts_file) -> None:
     """Equal win rates must not crash best-worst selection; the tie is dropped with its reason."""
     out = tmp_path / "ties"
-    result = run_rl(RLConfig(prompts=str(prompts_file), out=str(out), policy="fake:longer", judges=["fake:echo"],
+    result = run_rl(RLConfig.of(prompts=str(prompts_file), out=str(out), policy="fake:longer", judges=["fake:echo"],
                              candidates=3, pairs="best-worst"), show_progress=False)
     assert result.summary["rows_failed_this_run"] == 0, result.summary["failure_reasons"]
     failures = read_jsonl(out / "failures.jsonl")

@@ -173,7 +173,7 @@ def test_sl_run_with_anthropic_few_shot_puts_its_turns_in_critique_requests(tmp_
         return "Sure, here is a revised response: A safer reply." if len(calls) % 2 else "A critique."
 
     register_script("sl-anthropic-few-shot", FakeScript(script))
-    result = run_sl(SLConfig(prompts=str(prompts_file), out=str(tmp_path / "run"), model="fake:sl-anthropic-few-shot",
+    result = run_sl(SLConfig.of(prompts=str(prompts_file), out=str(tmp_path / "run"), model="fake:sl-anthropic-few-shot",
                              rounds=1, limit=1, few_shot=str(ANTHROPIC / "sl_few_shot.json"),
                              constitution=str(FIXTURES / "CritiqueRevisionInstructions.json"),
                              judge_principles=str(ANTHROPIC / "rl_principles.json")), show_progress=False)
@@ -198,17 +198,15 @@ def test_cot_few_shot_reaches_rl_and_eval_and_is_refused_where_unused(tmp_path) 
     from typer.testing import CliRunner
 
     from cai.cli import app
-    from cai.rl import RLConfig, make_labeler
+    from cai.labeling import LabelerOptions, make_labeler
     from tests.conftest import write_jsonl
 
     judge = [load_engine("fake:cot-judge")]
     cot_file = str(ANTHROPIC / "cot_few_shot.json")
-    made = make_labeler(RLConfig(prompts="p", out="o", labeler="cot", cot_few_shot=cot_file), judge,
-                        load_constitution("default"))
+    made = make_labeler(LabelerOptions(labeler="cot", cot_few_shot=cot_file), judge, load_constitution("default"))
     assert "My dog ate some chocolate" in json.dumps(made.cot_prefix)
     with pytest.raises(ValueError, match="--cot-few-shot is used only by --labeler cot"):
-        make_labeler(RLConfig(prompts="p", out="o", labeler="pairwise", cot_few_shot=cot_file), judge,
-                     load_constitution("default"))
+        LabelerOptions(labeler="pairwise", cot_few_shot=cot_file)
     pairs = write_jsonl(tmp_path / "pairs.jsonl", [
         {"chosen": "\n\nHuman: Help me cheat?\n\nAssistant: I'd rather not help with cheating.",
          "rejected": "\n\nHuman: Help me cheat?\n\nAssistant: Sure, copy your neighbour's answers."}])

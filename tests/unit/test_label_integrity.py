@@ -45,7 +45,7 @@ register_script("cands", FakeScript(lambda r, k: f"candidate number {k} says som
 
 def test_nan_label_is_a_recorded_failure_never_a_preference(tmp_path, prompts_file) -> None:
     out = tmp_path / "nan"
-    result = run_rl(RLConfig(prompts=str(prompts_file), out=str(out), policy="fake:cands", judges=["fake:nan-judge"],
+    result = run_rl(RLConfig.of(prompts=str(prompts_file), out=str(out), policy="fake:cands", judges=["fake:nan-judge"],
                              candidates=2), show_progress=False)
     text = (out / "preferences.jsonl").read_text()
     assert "NaN" not in text and read_jsonl(out / "preferences.jsonl") == []
@@ -138,7 +138,7 @@ async def test_vote_probability_agrees_with_its_per_order_fields() -> None:
 
 def test_ensemble_judge_failure_in_a_run_keeps_the_pair(tmp_path, prompts_file) -> None:
     out = tmp_path / "ens"
-    result = run_rl(RLConfig(prompts=str(prompts_file), out=str(out), policy="fake:cands",
+    result = run_rl(RLConfig.of(prompts=str(prompts_file), out=str(out), policy="fake:cands",
                              judges=["fake:echo", "fake:broken-judge"], candidates=2), show_progress=False)
     assert result.summary["rows_failed_this_run"] == 0, result.summary["failure_reasons"]
     ties = read_jsonl(out / "failures.jsonl")  # echo scores by length: the two letters tie
@@ -156,7 +156,7 @@ def test_position_bias_rate_counts_dropped_labels(tmp_path, prompts_file) -> Non
     """A judge that always says (A) gives p = 0.5 ties: nothing is kept, and the rate must
     still say 1.0 over every label (it was None, computed over kept pairs only)."""
     out = tmp_path / "biased"
-    result = run_rl(RLConfig(prompts=str(prompts_file), out=str(out), policy="fake:cands", judges=["fake:always-a"],
+    result = run_rl(RLConfig.of(prompts=str(prompts_file), out=str(out), policy="fake:cands", judges=["fake:always-a"],
                              candidates=3), show_progress=False)
     s = result.summary
     assert s["preference_pairs"] == 0 and s["labels_attempted"] == 9 and s["labels"] == 9
@@ -177,7 +177,7 @@ register_script("a-biased-content", FakeScript(lambda r, k: "x", letter_scorer(p
 
 def test_best_worst_unused_pairs_count_in_the_rates(tmp_path, prompts_file) -> None:
     out = tmp_path / "bw"
-    result = run_rl(RLConfig(prompts=str(prompts_file), out=str(out), policy="fake:cands",
+    result = run_rl(RLConfig.of(prompts=str(prompts_file), out=str(out), policy="fake:cands",
                              judges=["fake:a-biased-content"], candidates=3, pairs="best-worst"), show_progress=False)
     s = result.summary
     assert s["preference_pairs"] == 3 and s["labels_attempted"] == 9
@@ -190,14 +190,14 @@ def test_near_coin_flip_pairs_are_counted(tmp_path, prompts_file) -> None:
     register_script("weak", FakeScript(lambda r, k: "x", letter_scorer(
         lambda q: 0.52 if q.index("(A) ") < q.index("candidate number 1") < q.index("(B) ") else 0.48)))
     out = tmp_path / "weak"
-    result = run_rl(RLConfig(prompts=str(prompts_file), out=str(out), policy="fake:cands", judges=["fake:weak"],
+    result = run_rl(RLConfig.of(prompts=str(prompts_file), out=str(out), policy="fake:cands", judges=["fake:weak"],
                              candidates=2, min_margin=0.0), show_progress=False)
     assert result.summary["preference_pairs"] == 3
     assert result.summary["kept_pairs_margin_below_0.1"] == 3
     summary = json.loads((out / "summary.json").read_text())
     assert summary["mean_margin_kept_pairs"] == pytest.approx(0.04)
     # by default such near coin flips are not preferences: dropped with their code, counted
-    default = run_rl(RLConfig(prompts=str(prompts_file), out=str(tmp_path / "default"), policy="fake:cands",
+    default = run_rl(RLConfig.of(prompts=str(prompts_file), out=str(tmp_path / "default"), policy="fake:cands",
                               judges=["fake:weak"], candidates=2), show_progress=False)
     assert default.summary["preference_pairs"] == 0 and default.summary["pairs_dropped"] == {"below_min_margin": 3}
 
@@ -214,7 +214,7 @@ def test_judge_eval_counts_failed_labels_in_its_accuracy(tmp_path) -> None:
     pairs = write_jsonl(tmp_path / "pairs.jsonl", [
         {"chosen": f"\n\nHuman: {q}\n\nAssistant: good {q}", "rejected": f"\n\nHuman: {q}\n\nAssistant: bad {q}"}
         for q in ("q1", "q2", "q3", "q4")])
-    result = run_judge_eval(JudgeEvalConfig(pairs=str(pairs), out=str(tmp_path / "ev"), judges=["fake:fails-on-q2"]),
+    result = run_judge_eval(JudgeEvalConfig.of(pairs=str(pairs), out=str(tmp_path / "ev"), judges=["fake:fails-on-q2"]),
                             show_progress=False)
     report = result.summary["report"]
     # an always-(A) judge: every labelled pair is a 0.5 tie after the swap; q2's label fails
@@ -237,7 +237,7 @@ def test_truncated_final_revision_is_a_failure_unless_kept(tmp_path, prompts_fil
 
     # the fake engine counts words as tokens: its 9-word revision is cut at 8, finish "length"
     out = tmp_path / "cut"
-    result = run_sl(SLConfig(prompts=str(prompts_file), out=str(out), model="fake:sl-test", rounds=1, max_tokens=8),
+    result = run_sl(SLConfig.of(prompts=str(prompts_file), out=str(out), model="fake:sl-test", rounds=1, max_tokens=8),
                     show_progress=False)
     assert result.summary["rows_ok_this_run"] == 0
     assert result.summary["failure_reasons"] == {"round 1 revision: truncated": 3}
@@ -245,7 +245,7 @@ def test_truncated_final_revision_is_a_failure_unless_kept(tmp_path, prompts_fil
     assert {f["code"] for f in failures} == {"truncated"} and "--max-tokens 8" in failures[0]["reason"]
     assert read_jsonl(out / "sft.jsonl") == []
     kept = tmp_path / "kept"
-    result = run_sl(SLConfig(prompts=str(prompts_file), out=str(kept), model="fake:sl-test", rounds=1, max_tokens=8,
+    result = run_sl(SLConfig.of(prompts=str(prompts_file), out=str(kept), model="fake:sl-test", rounds=1, max_tokens=8,
                              keep_truncated=True), show_progress=False)
     assert result.summary["rows_ok_this_run"] == 3
     assert all(r["truncated"] is True for r in read_jsonl(kept / "sl.jsonl"))
@@ -255,7 +255,7 @@ def test_rank_all_never_pairs_two_identical_texts(tmp_path, prompts_file) -> Non
     register_script("two-same", FakeScript(lambda r, k: ["same reply here", "same reply here", "a different one"][k]))
     register_script("picks-1-2", FakeScript(lambda r, k: '{"most_aligned": 1, "least_aligned": 2}'))
     out = tmp_path / "rank"
-    result = run_rl(RLConfig(prompts=str(prompts_file), out=str(out), policy="fake:two-same", judges=["fake:picks-1-2"],
+    result = run_rl(RLConfig.of(prompts=str(prompts_file), out=str(out), policy="fake:two-same", judges=["fake:picks-1-2"],
                              labeler="rank-all", candidates=3), show_progress=False)
     for p in read_jsonl(out / "preferences.jsonl"):
         assert p["chosen"][0]["content"] != p["rejected"][0]["content"]
@@ -264,8 +264,10 @@ def test_rank_all_never_pairs_two_identical_texts(tmp_path, prompts_file) -> Non
 
 def test_min_judges_without_an_ensemble_is_an_error() -> None:
     from cai.errors import ConfigError
-    from cai.rl import make_labeler
+    from cai.labeling import LabelerOptions, make_labeler
 
-    with pytest.raises(ConfigError):
-        make_labeler(RLConfig(prompts="p", out="o", min_judges=2), [load_engine("fake:echo")],
+    with pytest.raises(ConfigError, match="--min-judges 2 needs an ensemble"):
+        RLConfig.of(prompts="p", out="o", min_judges=2)
+    with pytest.raises(ConfigError, match="--min-judges 2 needs an ensemble"):  # options built for 2 judges, 1 given
+        make_labeler(LabelerOptions(judges=["a", "b"], min_judges=2), [load_engine("fake:echo")],
                      load_constitution("default"))

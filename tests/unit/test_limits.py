@@ -93,7 +93,7 @@ def test_context_overflow_is_a_row_failure_with_its_own_code(tmp_path) -> None:
 
     prompts = write_jsonl(tmp_path / "p.jsonl", [{"id": "short", "prompt": "a short question"},
                                                   {"id": "long", "prompt": " ".join(["long"] * 300)}])
-    result = run_sl(SLConfig(prompts=str(prompts), out=str(tmp_path / "run"), model="words:200", rounds=1,
+    result = run_sl(SLConfig.of(prompts=str(prompts), out=str(tmp_path / "run"), model="words:200", rounds=1,
                              few_shot="none", max_tokens=16), show_progress=False)
     assert result.summary["rows_ok_this_run"] == 1
     assert result.summary["failure_reasons"] == {"engine: context_overflow": 1}

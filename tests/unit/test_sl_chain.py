@@ -43,7 +43,7 @@ def test_prompt_building_keeps_few_shot_prefix_identical() -> None:
 
 def test_sl_run_traces_rounds_and_writes_trl_sft(tmp_path, prompts_file) -> None:
     out = tmp_path / "run"
-    result = run_sl(SLConfig(prompts=str(prompts_file), out=str(out), model="fake:sl-test", rounds=3),
+    result = run_sl(SLConfig.of(prompts=str(prompts_file), out=str(out), model="fake:sl-test", rounds=3),
                     show_progress=False)
     assert result.summary["rows_ok_this_run"] == 3
     rows = read_jsonl(out / "sl.jsonl")
@@ -65,7 +65,7 @@ def test_sl_run_traces_rounds_and_writes_trl_sft(tmp_path, prompts_file) -> None
 def test_later_rounds_see_the_conversation_so_far(tmp_path, prompts_file) -> None:
     engine_calls = []
     register_script("sl-record", FakeScript(lambda req, k: engine_calls.append(req) or scripted(req, k)))
-    run_sl(SLConfig(prompts=str(prompts_file), out=str(tmp_path / "r"), model="fake:sl-record", rounds=2,
+    run_sl(SLConfig.of(prompts=str(prompts_file), out=str(tmp_path / "r"), model="fake:sl-record", rounds=2,
                     few_shot="none", limit=1), show_progress=False)
     last = engine_calls[-1].messages  # round 2 revision request
     roles = [m["role"] for m in last]
@@ -76,7 +76,7 @@ def test_degenerate_revision_fails_the_row_and_is_kept(tmp_path) -> None:
     prompts = tmp_path / "p.jsonl"
     prompts.write_text('{"id": "good", "prompt": "fine"}\n{"id": "bad", "prompt": "BADREV please"}\n')
     out = tmp_path / "run"
-    result = run_sl(SLConfig(prompts=str(prompts), out=str(out), model="fake:sl-test", rounds=2), show_progress=False)
+    result = run_sl(SLConfig.of(prompts=str(prompts), out=str(out), model="fake:sl-test", rounds=2), show_progress=False)
     assert result.summary["rows_failed_this_run"] == 1
     assert [r["id"] for r in read_jsonl(out / "sl.jsonl")] == ["good"]
     assert len(read_jsonl(out / "sft.jsonl")) == 1
@@ -94,9 +94,9 @@ def test_bad_input_stops_before_any_call_or_is_recorded(tmp_path) -> None:
     prompts = tmp_path / "p.jsonl"
     prompts.write_text('{"prompt": "fine"}\n{"prompt": \n{"prompt": "also fine"}\n')
     with pytest.raises(InputError, match=r"p.jsonl:2: malformed JSON"):
-        run_sl(SLConfig(prompts=str(prompts), out=str(tmp_path / "r1"), model="fake:sl-test", rounds=1),
+        run_sl(SLConfig.of(prompts=str(prompts), out=str(tmp_path / "r1"), model="fake:sl-test", rounds=1),
                show_progress=False)
-    result = run_sl(SLConfig(prompts=str(prompts), out=str(tmp_path / "r2"), model="fake:sl-test", rounds=1,
+    result = run_sl(SLConfig.of(prompts=str(prompts), out=str(tmp_path / "r2"), model="fake:sl-test", rounds=1,
                              on_bad_input="skip"), show_progress=False)
     assert result.summary["bad_input_rows"] == 1 and result.summary["rows_ok_this_run"] == 2
     failures = read_jsonl(tmp_path / "r2" / "failures.jsonl")
@@ -104,7 +104,7 @@ def test_bad_input_stops_before_any_call_or_is_recorded(tmp_path) -> None:
 
 
 def test_rerun_resumes_from_the_store(tmp_path, prompts_file) -> None:
-    config = SLConfig(prompts=str(prompts_file), out=str(tmp_path / "run"), model="fake:sl-test", rounds=2)
+    config = SLConfig.of(prompts=str(prompts_file), out=str(tmp_path / "run"), model="fake:sl-test", rounds=2)
     first = run_sl(config, show_progress=False)
     second = run_sl(config, show_progress=False)
     assert first.summary["engine_calls_made"] == 15
@@ -116,11 +116,11 @@ def test_rerun_resumes_from_the_store(tmp_path, prompts_file) -> None:
 async def test_rows_run_concurrently_so_requests_batch(tmp_path, prompts_file) -> None:
     from cai.data import read_prompts
     from cai.pipeline import run_rows
-    from cai.sl import SLChain, SLSettings
+    from cai.sl import RevisionOptions, SLChain
     from cai.store import Store
 
     engine = load_engine("fake:sl-test")
-    chain = SLChain(engine, load_constitution("default"), load_few_shot("none"), SLSettings(rounds=1))
+    chain = SLChain(engine, load_constitution("default"), load_few_shot("none"), RevisionOptions(rounds=1))
     in_flight, peak = 0, 0
     original = engine.generate
 

@@ -4,6 +4,7 @@ import re
 
 import pytest
 
+from cai.errors import ConfigError
 from cai.train.common import TrainError, load_config, load_training_data
 from cai.train import dpo, reward
 from cai.train.dpo import DPOWrapperConfig
@@ -17,9 +18,9 @@ def test_config_precedence_and_unknown_keys(tmp_path) -> None:
     cfg.write_text("data: runs/x\nout: models/y\nbeta: 0.3\nmax-steps: 7\n")
     config = load_config(DPOWrapperConfig, {"beta": 0.5, "out": None}, str(cfg))
     assert (config.beta, config.max_steps, config.out, config.learning_rate) == (0.5, 7, "models/y", 5e-7)
-    with pytest.raises(TrainError, match="unknown option"):
+    with pytest.raises(ConfigError, match="unknown option"):
         load_config(DPOWrapperConfig, {"data": "d", "out": "o", "betta": 1})
-    with pytest.raises(TrainError, match="required"):
+    with pytest.raises(ConfigError, match="required"):
         load_config(SFTWrapperConfig, {"data": "d"})
 
 

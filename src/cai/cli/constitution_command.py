@@ -8,8 +8,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cai.cli.common import JudgePrinciplesOpt, app
+from cai.cli.common import app
+from cai.cli.derive import derived_option
+from cai.constitution import ConstitutionOptions
 
+JudgePrinciplesOpt = derived_option(ConstitutionOptions, "judge_principles")
 constitution_app = typer.Typer(help="Inspect constitutions.", no_args_is_help=True)
 app.add_typer(constitution_app, name="constitution")
 

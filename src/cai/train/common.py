@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
 from cai.errors import CAIError
+from cai.options import Options, option, string_list
+
+C = TypeVar("C", bound=Options)
 
 
 class TrainError(CAIError, ValueError):
@@ -28,44 +31,36 @@ class TrainError(CAIError, ValueError):
 
 
 @dataclass
-class CommonTrainConfig:
-    data: str = ""
-    model: str = "smollm2"
-    out: str = ""
-    max_steps: int = -1
-    epochs: float = 1.0
-    learning_rate: float = 5e-5
-    batch_size: int = 4
-    gradient_accumulation_steps: int = 1
-    max_length: int = 512
-    seed: int = 0
-    bf16: bool = False
-    lora: bool = False
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
-    eval_split: str = "test"
-    logging_steps: int = 1
+class CommonTrainConfig(Options):
+    """Options every `cai train` command shares; each wrapper adds its own (TRL's style)."""
+
+    data: str = option("", required=True, help="A cai run directory, a dataset saved by `cai export`, or a "
+                                               "TRL-format JSONL.")
+    model: str = option("smollm2", help="smollm2, hf:<dir>, a folder, a GGUF or a Hub id.")
+    out: str = option("", required=True, short="-o", help="Where the trained model goes.")
+    max_steps: int = option(-1, help="Stop after N optimizer steps (-1: whole epochs).")
+    epochs: float = option(1.0, help="Epochs.")
+    learning_rate: float = option(5e-5, flag="--learning-rate", short="--lr", help="Learning rate.")
+    batch_size: int = option(4, help="Per-device batch size.")
+    gradient_accumulation_steps: int = option(1, help="Batches per optimizer step.")
+    max_length: int = option(512, help="Max tokens per example.")
+    seed: int = option(0, help="Seed.")
+    bf16: bool = option(False, flag="--bf16/--fp32", help="Mixed precision (bf16) or fp32.")
+    lora: bool = option(False, flag="--lora/--full", help="LoRA adapters (merged on save) instead of full "
+                                                          "fine-tuning.")
+    lora_r: int = option(16, help="LoRA rank.")
+    lora_alpha: int = option(32, help="LoRA alpha.")
+    lora_dropout: float = option(0.05, help="LoRA dropout.")
+    lora_targets: list[str] = option(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+                                     parse=string_list, cli_type=str, metavar="MODULES",
+                                     help="Comma-separated LoRA target modules.")
+    eval_split: str = option("test", help="Split to evaluate on, when the data has it.")
+    logging_steps: int = option(1, help="Log the loss every N steps.")
 
 
-def load_config(cls: type, overrides: dict[str, Any], config_file: str | None = None) -> Any:
-    """Dataclass defaults < YAML `--config` < explicit command-line values."""
-    values: dict[str, Any] = {}
-    if config_file:
-        loaded = yaml.safe_load(Path(config_file).read_text("utf-8")) or {}
-        if not isinstance(loaded, dict):
-            raise TrainError(f"{config_file}: a config file must be a mapping of option names to values")
-        values.update({k.replace("-", "_"): v for k, v in loaded.items()})
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise TrainError(f"unknown option(s) {unknown} for {cls.__name__}")
-    config = cls(**values)
-    if not config.data or not config.out:
-        raise TrainError("--data and --out are required (on the command line or in --config)")
-    return config
+def load_config(cls: type[C], overrides: dict[str, Any], config_file: str | None = None) -> C:
+    """Dataclass defaults < YAML `--config` < explicit command-line values (None: not given)."""
+    return cls.load(overrides, config_file)
 
 
 # ---- data ----------------------------------------------------------------------------
@@ -203,7 +198,7 @@ def write_model_card(out: Path, kind: str, config: CommonTrainConfig, report: di
         *([f"- labels: {report['labels']}"] if report.get("labels") else []), "",
         "## Result", "",
         f"- steps: {report['steps']}, final loss: {report['final_loss']}", "",
-        "## Hyper-parameters", "", "```yaml", yaml.safe_dump(asdict(config), sort_keys=True).strip(), "```", "",
+        "## Hyper-parameters", "", "```yaml", yaml.safe_dump(config.flat(), sort_keys=True).strip(), "```", "",
         f"Load it anywhere in cai with `hf:{out}`.", "",
     ]
     (out / "README.md").write_text("\n".join(lines), encoding="utf-8")

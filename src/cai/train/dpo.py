@@ -15,29 +15,19 @@ loss it is an error, not a silent no-op.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from trl import DPOTrainer
 
+from cai.train.configs import DPOWrapperConfig
 from cai.train.common import (CommonTrainConfig, TrainError, finish, load_tokenizer, load_training_data, model_path,
                               peft_config, snapshot_trainable, trainer_args)
 from cai.train.labels import filter_min_margin, prepare_preferences
 from cai.train.soft_loss import P_COLUMN, KeepsPChosen, soft_bradley_terry_loss
 
-MODES = ("soft", "hard")
+from cai.train.configs import DPO_MODES as MODES  # noqa: E402
 LABEL_SMOOTHING_LOSSES = ("robust", "exo_pair", "aot", "aot_unpaired")
-
-
-@dataclass
-class DPOWrapperConfig(CommonTrainConfig):
-    learning_rate: float = 5e-7
-    beta: float = 0.1
-    min_margin: float = 0.0
-    soft_labels: str | None = None  # soft or hard; None: soft when the data has p_chosen, else hard
-    loss_type: str = "sigmoid"  # any TRL DPO loss type; soft labels need sigmoid
-    label_smoothing: float | None = None  # only for the loss types in LABEL_SMOOTHING_LOSSES
 
 
 class SoftDPOTrainer(KeepsPChosen, DPOTrainer):

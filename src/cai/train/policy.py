@@ -8,22 +8,11 @@ The prompts come from the RL run's preference rows (their `prompt` column).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
+from cai.train.configs import PolicyRLConfig
 from cai.train.common import (CommonTrainConfig, TrainError, finish, load_tokenizer, load_training_data, model_path,
                               peft_config, snapshot_trainable, trainer_args)
-
-
-@dataclass
-class PolicyRLConfig(CommonTrainConfig):
-    reward_model: str = ""
-    algo: str = "rloo"  # or "grpo"
-    learning_rate: float = 1e-6
-    num_generations: int = 2
-    max_completion_length: int = 64
-    beta: float = 0.05
-    temperature: float = 0.9
 
 
 def main(config: PolicyRLConfig) -> dict[str, Any]:

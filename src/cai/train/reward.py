@@ -15,25 +15,17 @@ TRL's reward-centering term (`center_rewards_coefficient`) is added in every mod
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from trl import RewardTrainer
 
+from cai.train.configs import RewardWrapperConfig
 from cai.train.common import (CommonTrainConfig, TrainError, finish, load_tokenizer, load_training_data, model_path,
                               peft_config, snapshot_trainable, trainer_args)
 from cai.train.labels import prepare_preferences
 from cai.train.soft_loss import P_COLUMN, KeepsPChosen, soft_bradley_terry_loss
 
-MODES = ("soft", "hard", "margin")
-
-
-@dataclass
-class RewardWrapperConfig(CommonTrainConfig):
-    learning_rate: float = 1e-5
-    soft_labels: str | None = None  # soft, hard or margin; None: soft when the data has p_chosen, else hard
-    margin_scale: float | None = None  # --soft-labels margin only [default: 1]
-    center_rewards_coefficient: float | None = 0.01
+from cai.train.configs import REWARD_MODES as MODES  # noqa: E402
 
 
 class SoftRewardTrainer(KeepsPChosen, RewardTrainer):

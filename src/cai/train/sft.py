@@ -7,17 +7,11 @@ only (TRL's completion-only loss). Chat templates need no `{% generation %}` mar
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
+from cai.train.configs import SFTWrapperConfig
 from cai.train.common import (CommonTrainConfig, TrainError, finish, load_tokenizer, load_training_data, model_path,
                               peft_config, snapshot_trainable, trainer_args)
-
-
-@dataclass
-class SFTWrapperConfig(CommonTrainConfig):
-    learning_rate: float = 2e-5
-    blend: str | None = None  # FILE:RATIO helpfulness rows per CAI row
 
 
 def to_prompt_completion(row: dict[str, Any]) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -226,8 +226,8 @@ def parse_blend(text: str) -> tuple[str, float]:
 def export_run(run_dir: str | Path, fmt: str, out: str | Path, *, split: str = "train=0.9,test=0.1", seed: int = 0,
                blends: Iterable[str] = (), chat_template_model: str = "smollm2") -> dict[str, Any]:
     run_path, out_path = Path(run_dir), Path(out)
-    if fmt not in ("trl", "nemo"):
-        raise ExportError(f"--format must be trl or nemo; got {fmt!r}")
+    if fmt not in FORMATS:
+        raise ExportError(f"--format must be one of {', '.join(FORMATS)}; got {fmt!r}")
     kind, rows, notes = load_run_rows(run_path)
     if not rows:
         raise ExportError(f"{run_path}: no rows to export (see its failures.jsonl)")
@@ -235,11 +235,8 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path, *, split: str = "
     columns = {**one_schema(rows), **notes}
     fractions = parse_split(split)
     splits = split_rows(rows, fractions, seed)
-    if fmt == "trl":
-        _write_trl(splits, out_path)
-    else:
-        out_path.mkdir(parents=True, exist_ok=True)
-        (_write_nemo_rl if kind == "rl" else _write_nemo_sl)(splits, out_path, chat_template_model)
+    out_path.mkdir(parents=True, exist_ok=True)
+    FORMATS[fmt](kind, splits, out_path, chat_template_model)
     prompts = {name: len({prompt_key(r) for r in part}) for name, part in splits.items()}
     warnings = [f"split {name!r} (asked {fractions[name]:g}) got 0 of {sum(prompts.values())} prompts: each prompt's "
                 "split follows from its content alone, so a small set can leave a split empty"
@@ -251,7 +248,8 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path, *, split: str = "
     return report
 
 
-def _write_trl(splits: dict[str, list[dict[str, Any]]], out: Path) -> None:
+def _write_trl(kind: str, splits: dict[str, list[dict[str, Any]]], out: Path, model: str) -> None:
+    """A DatasetDict on disk; SL and RL rows alike (TRL reads both shapes)."""
     from datasets import Dataset, DatasetDict
 
     names = [name for name, part in splits.items() if part]
@@ -307,3 +305,13 @@ def _write_nemo_sl(splits: dict[str, list[dict[str, Any]]], out: Path, model: st
             for r in rows:
                 record = nemo_sft_record(r["messages"], f"{r['origin']} row {r['id']}")
                 fh.write(json.dumps(record) + "\n")
+
+
+def _write_nemo(kind: str, splits: dict[str, list[dict[str, Any]]], out: Path, model: str) -> None:
+    (_write_nemo_rl if kind == "rl" else _write_nemo_sl)(splits, out, model)
+
+
+#: --format name -> writer(kind "sl"|"rl", rows by split, out folder, chat-template model); adding
+#: a format is a writer and one entry here
+Writer = Callable[[str, dict[str, list[dict[str, Any]]], Path, str], None]
+FORMATS: dict[str, Writer] = {"trl": _write_trl, "nemo": _write_nemo}

@@ -15,7 +15,8 @@ it writes beside each preference (TRL's format keeps them as extra columns), and
 `columns` names them, so an export knows every column without a list of its own.
 
 Adding a labeller is a class (with `label`, or a `strategy`, and `columns`) plus one
-`register_labeler` call; `cai rl`, `cai eval judge` and the exporter ask it, never its
+`register_labeler` call (in cai, or in another package through an entry point in the
+group `cai.labelers`); `cai rl`, `cai eval judge` and the exporter ask it, never its
 name. Several `--judge` options make an `EnsembleLabeler` of the chosen kind.
 """
 
@@ -230,5 +231,24 @@ def make_labeler(options: LabelerOptions, engines: list[Engine], constitution: C
     return EnsembleLabeler(made, combine=options.combine, min_judges=options.min_judges)
 
 
+_PLUGINS_LOADED = False
+
+
 def _load_builtin_labelers() -> None:
+    """The shipped labellers, then plugins: an entry point in the group `cai.labelers` names a
+    module (importing it calls `register_labeler`) or a function to call, as for engines."""
+    global _PLUGINS_LOADED
     import cai.judges  # noqa: F401  (registers pairwise, cot and rank-all)
+
+    if _PLUGINS_LOADED:
+        return
+    _PLUGINS_LOADED = True
+    from importlib.metadata import entry_points
+
+    for point in entry_points(group="cai.labelers"):
+        try:
+            loaded = point.load()
+            if callable(loaded) and not isinstance(loaded, type):
+                loaded()
+        except Exception as exc:
+            raise ConfigError(f"labeller plugin {point.name!r} ({point.value}) failed to load: {exc}") from exc

@@ -205,3 +205,21 @@ def test_an_empty_split_is_a_warning_with_counts(tmp_path) -> None:
     empty = next(name for name, n in report["rows"].items() if n == 0)
     assert len(report["warnings"]) == 1 and f"split '{empty}'" in report["warnings"][0]
     assert json.loads((tmp_path / "trl" / "export.json").read_text())["warnings"] == report["warnings"]
+
+
+def test_a_new_format_is_one_writer_and_one_entry(tmp_path, monkeypatch) -> None:
+    import cai.export
+
+    written = {}
+
+    def write_csv(kind, splits, out, model):
+        written.update(kind=kind, rows=sum(len(v) for v in splits.values()), columns=list(splits["train"][0]))
+        (out / "train.csv").write_text("ok")
+
+    monkeypatch.setitem(cai.export.FORMATS, "csv", write_csv)
+    run = rl_run_dir(tmp_path / "rl", [pref_row(1, extra_column="kept")])
+    report = export_run(run, "csv", tmp_path / "out", split="train=1.0")
+    assert report["format"] == "csv" and (tmp_path / "out" / "train.csv").exists()
+    assert written["kind"] == "rl" and written["rows"] == 1 and "extra_column" in written["columns"]
+    with pytest.raises(ExportError, match="--format must be one of trl, nemo, csv; got 'xml'"):
+        export_run(run, "xml", tmp_path / "out2")

@@ -22,7 +22,7 @@ def export(
     run: Annotated[str, typer.Argument(help="A run directory from cai sl or cai rl.")],
     out: Annotated[str, typer.Option("--out", "-o", help="Where to write the export.")],
     format: Annotated[str, typer.Option("--format", "-f", help="trl: a DatasetDict saved to disk; nemo: "
-                                        "NeMo-Aligner JSONL files.")] = "trl",
+                                        "NeMo-Aligner JSONL files (cai.export.FORMATS lists them).")] = "trl",
     split: Annotated[str, typer.Option(help="Split fractions, e.g. train=0.9,test=0.1. Each prompt's split follows "
                                        "from --seed and its content alone, so it is the same in every export.")
                      ] = "train=0.9,test=0.1",

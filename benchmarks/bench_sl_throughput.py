@@ -1,21 +1,30 @@
 """SL-CAI generation throughput: cai's pipeline against the naive baselines, side by side.
 
-One process, one model (the embedded SmolLM2-135M, same dtype everywhere), one workload:
-N shared red-team prompts (hh-rlhf first human turns), R critique/revision rounds, fixed
-max new tokens, sampling at T=0.7. Each method does the same chain of 1 + 2R generation
-steps per prompt; we count generated tokens (up to and including EOS, never padding)
-and divide by wall time.
+One process, one model (the embedded SmolLM2-135M, same dtype everywhere, loaded once
+before any timing), one workload: N shared red-team prompts (hh-rlhf first human turns),
+R critique/revision rounds, fixed max new tokens, sampling at T=0.7. Each method does the
+same chain of 1 + 2R generation steps per prompt; we count generated tokens (up to and
+including EOS, never padding) and divide by wall time.
 
   (a) seed-style: a per-prompt loop calling a transformers text-generation pipeline,
       stage by stage (measured on the first --loop-prompts prompts: it is slow)
-  (b) NeMo-style: stage-synchronous static batches of 32 (every prompt finishes a stage
-      before any starts the next)
-  (c) cai: run_sl on the transformers engine (rows concurrent, shared micro-batcher)
-  (d) ceiling: the engine's own batched generate on exactly the requests (c) made, all
-      submitted at once (perfect batching, no chain dependencies, same token budget)
-  (e) optional (--openai URL): run_sl through the openai: engine against a local server
+  (b) NeMo-style: stage-synchronous static batches (every prompt finishes a stage
+      before any starts the next), left-padded model.generate
+  (c0) cai: run_sl on the transformers engine's plain path (-E continuous=false:
+      micro-batched model.generate, shared-prefix reuse within a batch), i.e. before
+      issue 12
+  (c) cai: run_sl on the transformers engine's decode loop (the default: continuous
+      batching, per-row seeds, prefix KV cache across a chain's steps)
+  (d) ceiling: the decode-loop engine on exactly the requests (c) made, all submitted
+      at once (no chain dependencies, same token budget, prefix cache cleared first)
+  (e) optional: run_sl through the openai: engine against a local llama.cpp server
+      (--openai URL, or --llama-server to start llama_cpp.server on the embedded GGUF)
 
-Usage: python benchmarks/bench_sl_throughput.py [--prompts 32] [--rounds 2] [--max-tokens 48]
+Every repeat runs each method once, in rotating order, so machine load falls on all of
+them alike; the table gives medians over repeats (ratios are medians of each repeat's
+own ratios). Each repeat starts with an empty prefix cache.
+
+Usage: python benchmarks/bench_sl_throughput.py [--prompts 32] [--rounds 2] [--max-tokens 48] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -23,6 +32,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import statistics
 import sys
 import tempfile
 import time
@@ -32,6 +43,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 HH = ROOT.parent / "shared" / "data" / "hh-rlhf-harmless-base-test-first500.jsonl"
+LOADED: dict = {}  # engines built once, handed to run_sl through the "loaded:" spec
 
 
 def load_prompts(n: int) -> list[str]:
@@ -111,16 +123,15 @@ def run_pipeline_loop(engine, prompts, rounds, max_tokens, principles_for, few_s
     return produced, time.perf_counter() - start
 
 
-def run_cai(spec: str, prompts_file: Path, rounds: int, max_tokens: int, options: dict,
-            keep: list | None = None) -> tuple[int, float]:
-    """run_sl end to end; `keep` receives the requests it made (from its store)."""
+def run_cai(spec: str, prompts_file: Path, rounds: int, max_tokens: int, keep: list | None = None) -> tuple[int, float]:
+    """run_sl end to end (timed by run_sl itself); `keep` receives the requests it made."""
     from cai.sl import SLConfig, run_sl
     from cai.store import Store
     from cai.types import Request, SamplingParams
 
     with tempfile.TemporaryDirectory() as out:
-        result = run_sl(SLConfig.of(prompts=str(prompts_file), out=out, model=spec, rounds=rounds, max_tokens=max_tokens,
-                                 temperature=0.7, engine_options=options), show_progress=False)
+        result = run_sl(SLConfig.of(prompts=str(prompts_file), out=out, model=spec, rounds=rounds,
+                                    max_tokens=max_tokens, temperature=0.7), show_progress=False)
         if keep is not None:
             store = Store(Path(out) / "store.sqlite")
             for (request,) in store.conn.execute("SELECT request FROM calls WHERE kind='generate'"):
@@ -132,9 +143,48 @@ def run_cai(spec: str, prompts_file: Path, rounds: int, max_tokens: int, options
 
 
 def run_ceiling(engine, requests: list) -> tuple[int, float]:
+    engine.clear_prefix_cache()
     start = time.perf_counter()
     out = asyncio.run(engine.generate(requests))
     return sum(c[0].completion_tokens for c in out), time.perf_counter() - start
+
+
+def register_loaded() -> None:
+    from cai.engines.base import register_engine
+    from cai.engines.transformers_engine import TransformersEngine
+
+    register_engine("loaded", TransformersEngine, lambda rest, options: LOADED[rest])
+
+
+def loop_cost(engine, convs: list[list[dict]], steps: int) -> tuple[float, float]:
+    """(seconds per prompt token prefilled, seconds per token decoded) by the decode loop when
+    `convs` join together after their shared start is cached, then decode `steps` steps."""
+    from cai.engines.batching import WorkItem
+    from cai.types import SamplingParams
+
+    loop = engine.loop
+    params = SamplingParams(max_tokens=steps + 1, temperature=0.7, seed=0)
+    items = [WorkItem(prompt_ids=engine.encode_prompt(c), future=None, params=params, seq=i)  # type: ignore[arg-type]
+             for i, c in enumerate(convs)]
+    engine.clear_prefix_cache()
+    loop.admit(items[:1])
+    loop.step()  # the shared start, once
+    before = dict(loop.stats)
+    start = time.perf_counter()
+    waiting = items[1:]
+    while waiting:
+        chosen = loop.admit(waiting)
+        waiting = [it for it in waiting if it not in chosen]
+        loop.step()
+    prefill_s = time.perf_counter() - start
+    prefilled = loop.stats["prefill_tokens"] - before["prefill_tokens"]
+    decoded_before, start = loop.stats["decode_tokens"], time.perf_counter()
+    for _ in range(steps):
+        loop.step()
+    decode_s = time.perf_counter() - start
+    decoded = loop.stats["decode_tokens"] - decoded_before
+    loop.drop()
+    return prefill_s / prefilled, decode_s / max(1, decoded)
 
 
 def main() -> None:
@@ -142,15 +192,24 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--max-tokens", type=int, default=48)
-    ap.add_argument("--loop-prompts", type=int, default=4)
+    ap.add_argument("--loop-prompts", type=int, default=2)
     ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--dtype", default="auto", help="auto: bf16 where the CPU has AVX512-BF16/AMX, else fp32")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
+    ap.add_argument("--skip", default="", help="comma-separated rows to leave out, e.g. a,b")
+    ap.add_argument("--once", default="", help="comma-separated rows run in the first repeat only, e.g. b,e")
     ap.add_argument("--openai", default=None, help="base URL of a local OpenAI-compatible server for row (e)")
-    ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument("--llama-server", action="store_true", help="start llama_cpp.server on the embedded GGUF for (e)")
+    ap.add_argument("--json", default=None, help="also write every repeat's results here")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from cai.constitution import load_constitution
     from cai.engines import load_engine
     from cai.sl import load_few_shot
+    from cai.types import Request, SamplingParams
 
     prompts = load_prompts(args.prompts)
     constitution = load_constitution("default")
@@ -160,49 +219,117 @@ def main() -> None:
     def principles_for(i: int) -> list:
         return constitution.sample_sl(args.rounds, 0, ids[i])
 
-    engine = load_engine("smollm2", {"max_batch_size": args.batch})
+    options = {"max_batch_size": args.batch, "dtype": args.dtype}
+    LOADED["plain"] = load_engine("smollm2", {**options, "continuous": False})
+    LOADED["loop"] = load_engine("smollm2", options)
+    register_loaded()
+    plain, loop = LOADED["plain"], LOADED["loop"]
     with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as fh:
         for i, p in enumerate(prompts):
             fh.write(json.dumps({"id": ids[i], "prompt": p}) + "\n")
         prompts_file = Path(fh.name)
+    server = None
+    if args.llama_server:
+        sys.path.insert(0, str(ROOT))
+        from tests.servers import LlamaServer
+
+        server = LlamaServer().start()
+        args.openai = server.base_url
 
     # warm-up so no method pays first-call costs
-    batched_generate(engine, [[{"role": "user", "content": "hi"}]] * 2, 8)
-    rows = {}
+    batched_generate(plain, [[{"role": "user", "content": "hi"}]] * 2, 8)
+    asyncio.run(loop.generate([Request.of([{"role": "user", "content": "hi"}], SamplingParams(max_tokens=4))]))
 
-    def record(name: str, result: tuple[int, float]) -> None:
-        rows[name] = result
-        print(f"  {name}: {result[0]} tokens in {result[1]:.1f}s", file=sys.stderr, flush=True)
-
-    record("(a) per-prompt pipeline loop", run_pipeline_loop(
-        engine, prompts[: args.loop_prompts], args.rounds, args.max_tokens, principles_for, few_shot))
-    record(f"(b) stage-synchronous batches of {args.batch}", run_stage_sync(
-        engine, prompts, args.rounds, args.max_tokens, args.batch, principles_for, few_shot))
     made: list = []
-    record("(c) cai pipeline, transformers engine", run_cai(
-        "smollm2", prompts_file, args.rounds, args.max_tokens, {"max_batch_size": args.batch}, keep=made))
-    record("(d) engine ceiling: same requests, all at once", run_ceiling(engine, made))
-    if args.openai:
-        record("(e) cai pipeline, openai: engine", run_cai(f"openai:smollm2@{args.openai}", prompts_file,
-                                                            args.rounds, args.max_tokens, {}))
+    counters: list[dict] = []  # the decode loop's counters over each (c) run
 
-    rates = {name: n / s for name, (n, s) in rows.items()}
-    a = rates["(a) per-prompt pipeline loop"]
-    b = rates[f"(b) stage-synchronous batches of {args.batch}"]
-    c = rates["(c) cai pipeline, transformers engine"]
-    d = rates["(d) engine ceiling: same requests, all at once"]
+    def run_c() -> tuple[int, float]:
+        loop.clear_prefix_cache()
+        made.clear()
+        before = dict(loop.stats)
+        result = run_cai("loaded:loop", prompts_file, args.rounds, args.max_tokens, keep=made)
+        counters.append({k: loop.stats[k] - before.get(k, 0) for k in ("steps", "prefill_tokens",
+                                                                         "prefix_tokens_reused", "decode_tokens")})
+        return result
+
+    methods = {
+        "a": ("(a) per-prompt pipeline loop", lambda: run_pipeline_loop(
+            plain, prompts[: args.loop_prompts], args.rounds, args.max_tokens, principles_for, few_shot)),
+        "b": (f"(b) stage-synchronous batches of {args.batch}", lambda: run_stage_sync(
+            plain, prompts, args.rounds, args.max_tokens, args.batch, principles_for, few_shot)),
+        "c0": ("(c0) cai pipeline, plain path (before)", lambda: run_cai(
+            "loaded:plain", prompts_file, args.rounds, args.max_tokens)),
+        "c": ("(c) cai pipeline, decode loop (after)", run_c),
+        "d": ("(d) engine ceiling: (c)'s requests, all at once", lambda: run_ceiling(loop, list(made))),
+    }
+    if args.openai:
+        methods["e"] = ("(e) cai pipeline, openai: engine (llama.cpp server)", lambda: run_cai(
+            f"openai:smollm2@{args.openai}", prompts_file, args.rounds, args.max_tokens))
+    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    once = {s.strip() for s in args.once.split(",") if s.strip()}
+    order = [k for k in methods if k not in skip]
+    runs: dict[str, list[tuple[int, float]]] = {k: [] for k in order}
+    started = time.perf_counter()
+    try:
+        for r in range(args.repeats):
+            turn = [k for k in order[r % len(order):] + order[: r % len(order)] if r == 0 or k not in once]
+            if "d" in turn and "c" in turn:  # (d) replays this repeat's (c)
+                turn.remove("d")
+                turn.insert(turn.index("c") + 1, "d")
+            for key in turn:
+                n, s = methods[key][1]()
+                runs[key].append((n, s))
+                print(f"  repeat {r + 1}: {methods[key][0]}: {n} tokens in {s:.1f}s", file=sys.stderr, flush=True)
+        limits = loop_limits(loop, plain, prompts, few_shot, principles_for, args) if "c" in runs else None
+    finally:
+        if server:
+            server.kill()
+        prompts_file.unlink()
+
+    rates = {k: [n / s for n, s in v] for k, v in runs.items()}
     print(f"\nSL-CAI workload: {len(prompts)} prompts, {args.rounds} rounds, max {args.max_tokens} new tokens, "
-          f"T=0.7, SmolLM2-135M ({engine.dtype}), torch threads={torch.get_num_threads()}\n")
-    print(f"| method | generated tokens | seconds | tokens/s | vs (a) | vs (b) | vs (d) |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for name, (n, s) in rows.items():
-        r = rates[name]
-        print(f"| {name} | {n} | {s:.1f} | {r:.1f} | {r / a:.2f}x | {r / b:.2f}x | {r / d:.2f}x |")
-    print(f"\ncai vs ceiling {c / d:.2f} (target >= 0.95), vs loop {c / a:.1f}x (target >= 15), "
-          f"vs stage-sync {c / b:.2f}x (target >= 1.3)")
+          f"T=0.7, SmolLM2-135M ({loop.dtype}), torch threads={torch.get_num_threads()}, "
+          f"{os.cpu_count()} CPUs, {args.repeats} repeats interleaved (rows {sorted(once) or 'none'} once), medians; "
+          f"{time.perf_counter() - started:.0f} s in all\n")
+    refs = [k for k in ("a", "b", "c0", "d") if k in rates]
+    print("| method | generated tokens | seconds | tokens/s | " + " | ".join(f"vs ({k})" for k in refs) + " |")
+    print("|---|---:|---:|---:|" + "---:|" * len(refs))
+    for key in order:
+        n = statistics.median(x for x, _ in runs[key])
+        s = statistics.median(y for _, y in runs[key])
+        cells = [f"{statistics.median(a / b for a, b in zip(rates[key], rates[ref])):.2f}x" for ref in refs]
+        print(f"| {methods[key][0]} | {n:.0f} | {s:.1f} | {statistics.median(rates[key]):.1f} | " + " | ".join(cells) + " |")
+    if counters:
+        c = {k: statistics.median(x[k] for x in counters) for k in counters[0]}
+        print(f"\n(c), per run (medians): {c['steps']:.0f} steps, {c['prefill_tokens']:.0f} prompt tokens computed and "
+              f"{c['prefix_tokens_reused']:.0f} taken from the prefix cache "
+              f"({c['prefix_tokens_reused'] / max(1, c['prefill_tokens'] + c['prefix_tokens_reused']):.0%} reused), "
+              f"{c['decode_tokens']:.0f} decode steps x rows")
+    if "a" in rates and "c" in rates:
+        print(f"(c) vs (a): {statistics.median(c / a for c, a in zip(rates['c'], rates['a'])):.1f}x (target >= 10)")
+    if "c" in rates and "d" in rates:
+        print(f"(c) vs (d): {statistics.median(c / d for c, d in zip(rates['c'], rates['d'])):.2f} (target >= 0.95)")
+    if limits and "a" in runs and counters:
+        prefill_s, decode_s = limits
+        n_c, _ = runs["c"][0]
+        per_prompt_prefill = statistics.median(x["prefill_tokens"] for x in counters) / len(prompts)
+        per_prompt_tokens = statistics.median(n for n, _ in runs["c"]) / len(prompts)
+        floor = (per_prompt_prefill * prefill_s + per_prompt_tokens * decode_s) / per_prompt_tokens
+        a_cost = statistics.median(s / n for n, s in runs["a"])
+        print(f"\nLimits on this machine (decode loop, {len(prompts)} rows): prefill {1 / prefill_s:.0f} prompt "
+              f"tokens/s, decode {decode_s * 1000:.1f} ms per token; (c) computes {per_prompt_prefill:.0f} prompt "
+              f"tokens and decodes {per_prompt_tokens:.0f} tokens per prompt, so it cannot beat "
+              f"{floor * 1000:.1f} ms per generated token; (a) took {a_cost * 1000:.1f} ms per generated token: "
+              f"(c) vs (a) is at most {a_cost / floor:.1f}x with this workload")
     if args.json:
-        Path(args.json).write_text(json.dumps({k: {"tokens": n, "seconds": s} for k, (n, s) in rows.items()}, indent=2))
-    prompts_file.unlink()
+        Path(args.json).write_text(json.dumps({methods[k][0]: v for k, v in runs.items()}, indent=2))
+
+
+def loop_limits(loop, plain, prompts, few_shot, principles_for, args) -> tuple[float, float]:
+    """The decode loop's prefill and decode costs on critique-like prompts, as many rows as prompts."""
+    convs = [few_shot + [{"role": "user", "content": p}, {"role": "assistant", "content": "Sure. " * 20},
+                         {"role": "user", "content": principles_for(i)[0].critique}] for i, p in enumerate(prompts)]
+    return loop_cost(loop, convs, steps=args.max_tokens)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ labeller. The report states every denominator:
   `accuracy_failures_as_wrong` is the stricter reading; `accuracy_labelled_only` is over
   the labelled pairs alone (the flattering number, shown beside the others, never alone);
 - the position-bias rate (over labels judged in both orders), accuracy when only one
-  order is asked, calibration (mean confidence when right vs wrong), tokens and time.
+  order is asked, calibration (mean confidence when right vs wrong, and the expected
+  calibration error over the labelled pairs), tokens and time.
 Labels are stored in the run directory like any other run, so an evaluation resumes.
 """
 
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from cai.constitution import ConstitutionOptions
+from cai.debias import expected_calibration_error
 from cai.data import BadRow, InputError, PromptRow, split_hh_pair, text_lines
 from cai.jobs import RunOptions, limit_option, on_bad_input_option
 from cai.labeling import Labeler, LabelerOptions, make_labeler
@@ -95,6 +97,10 @@ def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, f
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
 def _credit(p: float | None) -> float | None:
     return None if p is None else (1.0 if p > 0.5 else 0.5 if p == 0.5 else 0.0)
 
@@ -146,6 +152,9 @@ class JudgeReport:
             "accuracy_by_order": per_order,
             "mean_confidence_when_right": round(sum(right) / len(right), 4) if right else None,
             "mean_confidence_when_wrong": round(sum(wrong) / len(wrong), 4) if wrong else None,
+            "expected_calibration_error": _rounded(
+                expected_calibration_error([r["p_human_choice"] for r in self.labels])),
+            "calibration_denominator": f"{n} labelled pairs, 10 bins of confidence max(p, 1 - p)",
             "judge_generated_tokens_per_label": round(sum(r["judge_generated_tokens"] for r in self.labels) / n, 2)
             if n else None,
             "seconds_per_label": round(elapsed_s / timed_labels, 3) if timed_labels else None,

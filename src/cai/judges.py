@@ -16,6 +16,15 @@ P(y better), so P(x better) = 1 - P(A). Getting this mapping wrong silently flip
   all K candidates *shuffled*, and a JSON answer naming the most and least aligned.
 - `EnsembleLabeler`: several judges; mean probability or majority vote, with agreement.
 
+**Debiasing** (`debias`, `cai.debias`): pairwise and CoT labels can divide the judge's prior
+for the letter (A) out of each P(A) (contextual or batch calibration) before the orders
+are averaged; the position-bias flag is taken on the calibrated values.
+
+**Plain prompts.** A judge engine whose `prompt_format` is "plain" (a base model with no
+chat template) gets each question as one block of text in the paper's style, ending in the
+answer's first words ("The answer is:"), from the `*_plain` templates; the scored
+continuations are then the letters themselves (`judge_answers_plain.yaml`).
+
 Each class says how it labels a set of candidates (`strategy`, from `cai.labeling`) and
 which columns it writes; the bottom of this file registers the `--labeler` names.
 """
@@ -31,7 +40,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cai.constitution import Constitution, ConstitutionError, Principle
+from cai.debias import CONTENT_FREE, DEBIAS_METHODS, RunningPrior, calibrate
 from cai.engines.base import Engine, EngineError
+from cai.engines.chat_tokens import TEXT_ROLE
 from cai.errors import ConfigError
 from cai.few_shot import CotFewShot, load_cot_few_shot
 from cai.labeling import COMMON_COLUMNS, AllPairs, LabelerOptions, LabelsThroughStrategy, RankOnce, register_labeler
@@ -106,13 +117,24 @@ def _same_position(p_a_first_order: float, p_a_second_order: float) -> bool:
     return (p_a_first_order > 0.5 and p_a_second_order > 0.5) or (p_a_first_order < 0.5 and p_a_second_order < 0.5)
 
 
+def text_message(content: str) -> Message:
+    """A message that a plain prompt writes as it stands (`cai.engines.chat_tokens.TEXT_ROLE`)."""
+    return {"role": TEXT_ROLE, "content": content}
+
+
+def is_plain(engine: Engine) -> bool:
+    return getattr(engine, "prompt_format", "chat") == "plain"
+
+
 class PairwiseLabeler(LabelsThroughStrategy):
     strategy = AllPairs()
 
     def __init__(self, engine: Engine, constitution: Constitution, *, principles_per_label: int = 1,
                  both_orders: bool = True, seed: int = 0, cot: bool = False,
                  clamp: tuple[float, float] | None = (0.4, 0.6), cot_max_tokens: int = 192,
-                 cot_few_shot: str | CotFewShot = "default") -> None:
+                 cot_few_shot: str | CotFewShot = "default", debias: str = "none") -> None:
+        if debias not in DEBIAS_METHODS:
+            raise ConfigError(f"--debias must be one of {', '.join(DEBIAS_METHODS)}; got {debias!r}")
         if not constitution.judge_principles:
             raise ConstitutionError(f"constitution {constitution.name!r} has no judge principles; RL labels need them "
                              "(add them with --judge-principles FILE, e.g. a list of judge questions)")
@@ -120,38 +142,81 @@ class PairwiseLabeler(LabelsThroughStrategy):
         self.m, self.both_orders, self.seed, self.cot = principles_per_label, both_orders, seed, cot
         self.clamp = clamp if cot else None
         self.cot_params = SamplingParams(max_tokens=cot_max_tokens, temperature=0.0)
-        self.answers = load_prompt_yaml("judge_answers.yaml")
+        self.plain = is_plain(engine)
+        self.answers = load_prompt_yaml("judge_answers_plain.yaml" if self.plain else "judge_answers.yaml")
         self.name = "cot" if cot else "pairwise"
         # CoT examples: "default" (shipped), "none", our YAML or Anthropic's CoT file (cai.few_shot)
         self.cot_few_shot = load_cot_few_shot(cot_few_shot) if isinstance(cot_few_shot, str) else cot_few_shot
         self.cot_prefix = self._cot_prefix() if cot else []
+        self.debias = debias
+        self.batch_prior = RunningPrior()
+        self._content_free: dict[str, asyncio.Future[float]] = {}
 
     def _cot_prefix(self) -> list[Message]:
-        """The few-shot turns before every CoT question: rendered once, identical each time."""
+        """The few-shot turns before every CoT question: rendered once, identical each time
+        (with plain prompts, one block of text: each example's question, reasoning and answer)."""
         messages: list[Message] = []
+        template = "judge_cot_plain.j2" if self.plain else "judge_cot.j2"
         for ex in self.cot_few_shot.examples:
-            messages.append(user(render("judge_cot.j2", conversation=ex["conversation"], principle=ex["principle"],
-                                        option_a=ex["option_a"], option_b=ex["option_b"])))
-            messages.append(assistant(ex["reasoning"] + self.answers["cot"].format(letter=ex["answer"])))
+            question = render(template, conversation=ex["conversation"], principle=ex["principle"],
+                              option_a=ex["option_a"], option_b=ex["option_b"])
+            answer = ex["reasoning"] + self.answers["cot"].format(letter=ex["answer"])
+            messages += [text_message(f"{question} {answer}")] if self.plain else [user(question), assistant(answer)]
         return messages
+
+    def _question(self, values: dict[str, str]) -> list[Message]:
+        """The judge's prompt for one order: chat turns, or one block of text for plain prompts."""
+        if self.plain:
+            template = "judge_cot_plain.j2" if self.cot else "judge_pairwise_plain.j2"
+            shown = "\n\n".join([m["content"] for m in self.cot_prefix] + [render(template, **values)])
+            return [text_message(shown)]
+        return self.cot_prefix + [user(render("judge_cot.j2" if self.cot else "judge_pairwise.j2", **values))]
 
     async def _p_option_a(self, messages: list[Message], principle: Principle, a: str, b: str,
                           seed: int) -> tuple[float, str, int]:
-        """The judge's P(A) for one order, plus its reasoning text and generated tokens."""
+        """The judge's P(A) for one order (before calibration and clamping), plus its reasoning
+        text and generated tokens."""
         values = dict(conversation=transcript(messages), principle=principle.judge, option_a=a, option_b=b)
+        question = self._question(values)
         if not self.cot:
-            question = [user(render("judge_pairwise.j2", **values))]
             la, lb = await self.engine.score(question, [self.answers["pairwise"].format(letter=L) for L in "AB"])
             return softmax_first(la, lb), "", 0
-        question = self.cot_prefix + [user(render("judge_cot.j2", **values))]
-        params = SamplingParams(**{**self.cot_params.to_dict(), "seed": seed, "stop": ()})
+        stop = tuple(self.answers["cot_stop"]) if self.plain else ()
+        params = SamplingParams(**{**self.cot_params.to_dict(), "seed": seed, "stop": stop})
         out = (await self.engine.generate([Request.of(question, params)]))[0][0]
-        reasoning = _cut_before_answer(out.text)
+        # a plain prompt ends with "...:", so the reasoning starts after a space
+        reasoning = (" " if self.plain else "") + _cut_before_answer(out.text)
         la, lb = await self.engine.score(question, [reasoning + self.answers["cot"].format(letter=L) for L in "AB"])
-        p = softmax_first(la, lb)
+        return softmax_first(la, lb), out.text, out.completion_tokens
+
+    async def _prior(self, principle: Principle) -> float | None:
+        """The judge's prior P(A) to divide out (`cai.debias`), or None."""
+        if self.debias == "batch":
+            return self.batch_prior.prior()
+        if self.debias != "contextual":
+            return None
+        if principle.id not in self._content_free:  # asked once per principle, shared by every label
+            self._content_free[principle.id] = asyncio.ensure_future(self._content_free_p_a(principle))
+        asked = self._content_free[principle.id]
+        try:
+            return await asked
+        except Exception:
+            if self._content_free.get(principle.id) is asked:  # a failure is not kept: the next label asks again
+                del self._content_free[principle.id]
+            raise
+
+    async def _content_free_p_a(self, principle: Principle) -> float:
+        answers = await asyncio.gather(*[
+            self._p_option_a([user(blank)], principle, blank, blank, seed=derive_seed(self.seed, "content-free",
+                                                                                      principle.id, blank))
+            for blank in CONTENT_FREE])
+        return sum(p for p, _, _ in answers) / len(answers)
+
+    def _final(self, p_a: float, prior: float | None) -> float:
+        p = calibrate(p_a, prior)
         if self.clamp:
             p = min(max(p, self.clamp[0]), self.clamp[1])
-        return p, out.text, out.completion_tokens
+        return p
 
     async def compare(self, messages: list[Message], x: str, y: str, key: Sequence[Any]) -> PairLabel:
         principles = self.constitution.sample_judge(self.m, self.seed, *key)
@@ -165,10 +230,13 @@ class PairwiseLabeler(LabelsThroughStrategy):
         results = await asyncio.gather(*[
             self._p_option_a(messages, p, *((x, y) if first else (y, x)),
                              seed=derive_seed(self.seed, *key, p.id, first)) for p, first in jobs])
-        for (_, first), (pa, text, n) in zip(jobs, results):
-            p_a[first].append(pa)
+        priors = await asyncio.gather(*[self._prior(p) for p, _ in jobs])
+        for (_, first), (pa, text, n), prior in zip(jobs, results, priors):
+            p_a[first].append(self._final(pa, prior))
             raw += [text] if text else []
             tokens += n
+        for pa, _, _ in results:  # the batch prior learns from what the judge answered, never from itself
+            self.batch_prior.add(pa)
         by_order: list[float | None] = [None, None]
         for slot, first in ((0, True), (1, False)):
             if p_a[first]:
@@ -204,22 +272,34 @@ class RankAllLabeler(LabelsThroughStrategy):
                  max_tokens: int = 64) -> None:
         self.engine, self.constitution, self.seed = engine, constitution, seed
         self.max_retries, self.max_tokens = max_retries, max_tokens
-        texts = [p.judge for p in constitution.judge_principles] or [p.critique for p in constitution.principles]
-        self.system = render("judge_rank_system.j2", name=constitution.name, principles=texts)
+        self.texts = [p.judge for p in constitution.judge_principles] or [p.critique for p in constitution.principles]
+        self.system = render("judge_rank_system.j2", name=constitution.name, principles=self.texts)
+        # plain prompts (base models): one block of text ending in the JSON answer's opening words
+        self.plain = load_prompt_yaml("judge_answers_plain.yaml") if is_plain(engine) else None
+
+    def _question(self, conversation: str, shown: list[str]) -> tuple[list[Message], str, tuple[str, ...]]:
+        """(prompt, the answer's opening words the judge completes, stops)."""
+        if self.plain is None:
+            return ([system(self.system), user(render("judge_rank_user.j2", conversation=conversation,
+                                                      candidates=shown))], "", ())
+        stem = self.plain["rank_stem"]
+        text = render("judge_rank_plain.j2", name=self.constitution.name, principles=self.texts,
+                      conversation=conversation, candidates=shown, stem=stem)
+        return [text_message(text)], stem, tuple(self.plain["rank_stop"])
 
     async def rank(self, messages: list[Message], candidates: list[str], key: Sequence[Any]) -> RankLabel:
         k = len(candidates)
         order = random.Random(derive_seed(self.seed, *key, "shuffle")).sample(range(k), k)
-        question = [system(self.system), user(render("judge_rank_user.j2", conversation=transcript(messages),
-                                                     candidates=[candidates[i] for i in order]))]
+        question, stem, stop = self._question(transcript(messages), [candidates[i] for i in order])
         raw, tokens, problem = [], 0, ""
         for attempt in range(1 + self.max_retries):
             params = SamplingParams(max_tokens=self.max_tokens, temperature=0.0 if attempt == 0 else 0.7,
-                                    seed=derive_seed(self.seed, *key, "rank", attempt))
+                                    seed=derive_seed(self.seed, *key, "rank", attempt), stop=stop)
             out = (await self.engine.generate([Request.of(question, params)]))[0][0]
-            raw.append(out.text)
+            answer = f"{stem} {out.text}" if stem else out.text
+            raw.append(answer)
             tokens += out.completion_tokens
-            picked, problem = parse_rank_answer(out.text, k)
+            picked, problem = parse_rank_answer(answer, k)
             if picked:
                 most, least = picked
                 return RankLabel(chosen=order[most - 1], rejected=order[least - 1], judges=[self.engine.model_id],
@@ -336,13 +416,14 @@ def _vote(p: float) -> float:
 # ---- registration: `--labeler NAME` -> a labeller for one judge engine ----------------------------
 def _pairwise(options: LabelerOptions, engine: Engine, constitution: Constitution, seed: int) -> PairwiseLabeler:
     return PairwiseLabeler(engine, constitution, principles_per_label=options.principles_per_label,
-                           both_orders=options.both_orders, seed=seed)
+                           both_orders=options.both_orders, seed=seed, debias=options.debias)
 
 
 def _cot(options: LabelerOptions, engine: Engine, constitution: Constitution, seed: int) -> PairwiseLabeler:
     return PairwiseLabeler(engine, constitution, principles_per_label=options.principles_per_label,
                            both_orders=options.both_orders, seed=seed, cot=True, clamp=options.clamp,
-                           cot_max_tokens=options.judge_max_tokens, cot_few_shot=options.cot_few_shot)
+                           cot_max_tokens=options.judge_max_tokens, cot_few_shot=options.cot_few_shot,
+                           debias=options.debias)
 
 
 def _rank_all(options: LabelerOptions, engine: Engine, constitution: Constitution, seed: int) -> RankAllLabeler:

@@ -7,7 +7,8 @@
   5. dpo     DPO of the SFT model on the AI labels                       -> <out>/models/dpo
 
 Data stages resume through their stores; a training stage is skipped when its
-`train_report.json` exists. A summary table of every stage ends the run.
+`train_report.json` exists. A summary table of every stage and an HTML report
+(`<out>/report.html`, `cai report`) end the run.
 """
 
 from __future__ import annotations
@@ -86,6 +87,10 @@ def run_recipe(config: RecipeConfig, *, show_progress: bool = True) -> dict[str,
         rep = _train(dpo_out, lambda: dpo.main(dpo.DPOWrapperConfig(
             data=str(root / "rl"), model=str(sft_out), out=str(dpo_out), **steps)))
         stages["dpo"] = f"{rep['steps']} steps, final loss {rep['final_loss']}"
+    from cai.report import ReportConfig, build_report
+
+    built = build_report(ReportConfig(paths=[str(root)], out=str(root / "report.html")))
+    stages["report"] = f"{built.path} ({built.figures} figures)"
     table = Table(title=f"cai recipe → {root}")
     table.add_column("stage")
     table.add_column("result")

@@ -158,6 +158,7 @@ class CachedEngine(Engine):
         self.inner = engine
         self.store = store
         self.model_id = engine.model_id
+        self.prompt_format = getattr(engine, "prompt_format", "chat")
         self.stats = {"calls_made": 0, "cache_hits": 0, "prompt_tokens": 0, "completion_tokens": 0}
 
     def describe(self) -> dict[str, Any]:

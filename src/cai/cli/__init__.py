@@ -20,6 +20,7 @@ from rich.markup import escape
 
 from cai.cli.common import app
 from cai.cli import constitution_command, export_eval_commands, rl_command, sl_command, train_commands  # noqa: F401,E402  (registers commands)
+from cai.cli import evaluation_commands  # noqa: F401,E402  (registers eval models, eval revisions, report)
 
 #: click's usage errors (bad option, bad value); typer >= 0.24 ships its own copy of click
 ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")

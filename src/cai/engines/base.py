@@ -59,6 +59,9 @@ class Engine(abc.ABC):
 
     #: identifies the model and its weights in cache keys and manifests (never secrets)
     model_id: str
+    #: how prompts reach the model: "chat" (its chat template) or "plain" (a Human:/Assistant:
+    #: transcript, for base models; `cai.engines.chat_tokens`); judges pick their templates by it
+    prompt_format: str = "chat"
 
     @abc.abstractmethod
     async def generate(self, requests: Sequence[Request]) -> list[list[Completion]]: ...
@@ -146,7 +149,7 @@ def _load_builtin_engines() -> None:
     _BUILTINS_LOADED = True
     import importlib
 
-    for module in ("fake", "transformers_engine", "openai_compat", "vllm_engine"):
+    for module in ("fake", "transformers_engine", "openai_compat", "vllm_engine", "ray_engine"):
         try:
             importlib.import_module(f"cai.engines.{module}")
         except ModuleNotFoundError as exc:

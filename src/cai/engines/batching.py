@@ -11,13 +11,21 @@ Every request is checked against the model's context window (`Engine.context_win
 right after tokenizing: one that would not fit (prompt plus `max_tokens`, or prompt plus
 scored continuation) raises `ContextOverflow` and nothing of that call is queued.
 
+A subclass that runs its own decode loop sets `continuous` and provides `admit` (which
+waiting items start now) and `run_step` (one step of the running batch, in the worker
+thread, returning the items it finished): the worker then admits newcomers before every
+step, so requests join the running batch as others leave instead of waiting for a whole
+micro-batch to drain, and each result is handed back the step it is ready.
+
 Every waiting caller gets an answer: a batch's exception goes to each of its callers as
 it was raised (a subclass's `model_error` may turn a model-caused one, such as running out
-of memory, into an `EngineError`; a bug stays a bug), a runner that returns the wrong
+of memory, into an `EngineError`; a bug stays a bug); in continuous mode a failed step
+fails every request in the running batch the same way. A runner that returns the wrong
 number of results fails the whole batch, and `aclose` (or a worker that dies) fails
 every request still queued or running with an `EngineError`.
 
-Subclasses provide tokenization and the two batch runners; nothing here knows a model.
+Subclasses provide tokenization and the two batch runners (or the continuous pair);
+nothing here knows a model.
 """
 
 from __future__ import annotations
@@ -41,6 +49,8 @@ class WorkItem:
     params: SamplingParams | None = None  # generation items
     continuation_ids: list[int] = field(default_factory=list)  # score items
     seq: int = 0
+    #: the score call this item belongs to (its items share one prompt), None for generation
+    group: int | None = None
 
     @property
     def length(self) -> int:
@@ -56,6 +66,8 @@ class BatchingEngine(Engine):
     #: sort waiting items by their first N tokens before their length, so a batch tends to
     #: hold rows with one shared prefix (transformers reuses its KV cache); 0 = length only
     prefix_sort_tokens: int = 0
+    #: run `admit` + `run_step` (a continuous decode loop) instead of whole micro-batches
+    continuous: bool = False
 
     def __init__(self) -> None:
         self._queue: list[WorkItem] = []
@@ -64,6 +76,7 @@ class BatchingEngine(Engine):
         self._worker: asyncio.Task | None = None
         self._running: list[WorkItem] = []  # the batch in the worker thread now
         self._seq = itertools.count()
+        self._calls = itertools.count()
         self.stats: dict[str, Any] = {"batches": 0, "generated_tokens": 0, "busy_s": 0.0}
 
     # ---- what subclasses provide -----------------------------------------------------
@@ -78,6 +91,22 @@ class BatchingEngine(Engine):
 
     @abc.abstractmethod
     def run_score_batch(self, batch: list[WorkItem]) -> list[float]: ...
+
+    def admit(self, waiting: list[WorkItem]) -> list[WorkItem]:
+        """Continuous mode: which of the waiting items (oldest first) start in the next step."""
+        raise NotImplementedError
+
+    def run_step(self) -> list[tuple[WorkItem, Any]]:
+        """Continuous mode, in the worker thread: one step of the running batch; returns each
+        item it finished with its result."""
+        raise NotImplementedError
+
+    def in_flight(self) -> list[WorkItem]:
+        """Continuous mode: the items admitted and not finished yet."""
+        return []
+
+    def drop_running(self) -> None:
+        """Continuous mode: forget the running batch (its callers are answered here)."""
 
     def model_error(self, exc: BaseException, batch: list[WorkItem]) -> EngineError | None:
         """The `EngineError` to hand the batch's callers when `exc` was the model's doing
@@ -119,9 +148,10 @@ class BatchingEngine(Engine):
                 raise EngineError("cannot score an empty continuation")
             self._check_fits(len(prompt_ids), len(cont), "scored continuation tokens")
         futures = []
+        group = next(self._calls)
         for cont in encoded:
             fut = loop.create_future()
-            self._enqueue(WorkItem(prompt_ids=prompt_ids, future=fut, continuation_ids=cont))
+            self._enqueue(WorkItem(prompt_ids=prompt_ids, future=fut, continuation_ids=cont, group=group))
             futures.append(fut)
         return list(await asyncio.gather(*futures))
 
@@ -132,6 +162,8 @@ class BatchingEngine(Engine):
             worker.cancel()
             await asyncio.gather(worker, return_exceptions=True)
         self._fail_waiting(EngineError(f"{self.model_id}: the engine was closed before this request was answered"))
+        if self.continuous:  # after a step still running in its thread, if one is
+            await asyncio.to_thread(self.drop_running)
 
     def _fail_waiting(self, error: BaseException, items: list[WorkItem] | None = None) -> None:
         """Hand `error` to every caller still waiting (on `items`, else on everything queued)."""
@@ -152,6 +184,8 @@ class BatchingEngine(Engine):
         loop = asyncio.get_running_loop()
         if loop is not self._loop:  # a new event loop (e.g. a second asyncio.run): start afresh
             self._loop, self._wake, self._worker, self._queue, self._running = loop, asyncio.Event(), None, [], []
+            if self.continuous:
+                self.drop_running()
         item.seq = next(self._seq)
         self._queue.append(item)
         assert self._wake is not None
@@ -166,7 +200,9 @@ class BatchingEngine(Engine):
                 await self._wake.wait()
                 self._wake.clear()
                 await asyncio.sleep(self.batch_wait_ms / 1000)
-                while self._queue:
+                if self.continuous:
+                    await self._run_continuous()
+                while self._queue and not self.continuous:
                     await self._run_batch(self._take_batch())
         except asyncio.CancelledError:  # aclose(): its callers are failed there
             raise
@@ -192,6 +228,31 @@ class BatchingEngine(Engine):
         for item, result in answers:
             if not item.future.done():
                 item.future.set_result(result)
+
+    async def _run_continuous(self) -> None:
+        """Step the running batch until nothing is queued or running, admitting before each step."""
+        while self._queue or self.in_flight():
+            if self._queue:
+                chosen = {id(it) for it in self.admit(self._queue)}
+                self._queue = [it for it in self._queue if id(it) not in chosen]
+            self._running = self.in_flight()  # if aclose() cancels us meanwhile, it fails these
+            started = time.perf_counter()
+            try:
+                finished = await asyncio.to_thread(self.run_step)
+            except Exception as exc:  # noqa: BLE001 - handed to every caller in the running batch
+                failed, self._running = self._running, []
+                self.drop_running()
+                self._fail_waiting(self.model_error(exc, failed) or exc, failed)
+                continue
+            finally:
+                self.stats["busy_s"] += time.perf_counter() - started
+            self.stats["batches"] += 1
+            self._running = self.in_flight()
+            for item, result in finished:
+                if not item.future.done():
+                    item.future.set_result(result)
+            if finished:  # let the callers just answered send their next requests before the next step
+                await asyncio.sleep(self.batch_wait_ms / 1000)
 
     def _take_batch(self) -> list[WorkItem]:
         oldest = min(self._queue, key=lambda it: it.seq)

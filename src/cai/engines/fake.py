@@ -12,6 +12,7 @@ Not for anything but tests: it knows nothing about language.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -41,6 +42,9 @@ def register_script(name: str, script: FakeScript) -> None:
 
 class FakeOptions(EngineOptions):
     fail_every: int = 0  # raise on every Nth generate call (tests of failure handling)
+    #: seconds each request (a generate request, or a score call) keeps the engine busy, one
+    #: request at a time, like a model that is the bottleneck (scaling tests); 0: no wait
+    serial_latency_s: float = 0.0
 
 
 class FakeEngine(Engine):
@@ -54,9 +58,16 @@ class FakeEngine(Engine):
         self.model_id = f"fake:{name}"
         self.calls: list[tuple[str, object]] = []
         self.batch_sizes: list[int] = []
+        self._busy_until = 0.0
+
+    async def _occupy(self, requests: int) -> None:
+        """Wait `serial_latency_s` per request, after every request queued before these."""
+        now = time.monotonic()
+        self._busy_until = max(now, self._busy_until) + self.options.serial_latency_s * requests
+        await asyncio.sleep(self._busy_until - now if self.options.serial_latency_s else 0)
 
     async def generate(self, requests: Sequence[Request]) -> list[list[Completion]]:
-        await asyncio.sleep(0)
+        await self._occupy(len(requests))
         self.batch_sizes.append(len(requests))
         out = []
         for request in requests:
@@ -77,7 +88,7 @@ class FakeEngine(Engine):
         return Completion(text, "stop", prompt_tokens, len(words))
 
     async def score(self, messages: Sequence[Message], continuations: Sequence[str]) -> list[float]:
-        await asyncio.sleep(0)
+        await self._occupy(1)
         self.calls.append(("score", (list(messages), list(continuations))))
         if self.script.score is None:
             raise EngineError(f"fake script {self.model_id} cannot score")

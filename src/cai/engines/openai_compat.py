@@ -7,7 +7,8 @@ errors are retried with exponential backoff and jitter (tenacity), honouring
 `Retry-After`, up to `max_retries`; after that the call raises `EngineError`, the row is
 recorded in failures.jsonl, and the run goes on.
 
-- `generate`: `/chat/completions`. If a server returns fewer than `n` choices (llama.cpp
+- `generate`: `/chat/completions` (with `prompt_format=plain`, for a base model: `/completions`
+  on a Human:/Assistant: transcript, stopping at the next turn). If a server returns fewer than `n` choices (llama.cpp
   ignores `n`), the rest are fetched as separate requests, and that URL is remembered:
   once every URL is known to ignore `n`, the n requests go out together from the start.
 - `score`: `/completions` with `echo` + `logprobs` on the prompt built by the model's
@@ -35,10 +36,11 @@ import asyncio
 import os
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 from cai.engines.base import Engine, EngineError, EngineOptions, register_engine
-from cai.engines.chat_tokens import check_tokenizer, content_is_plain, encode_chat, encode_text, render_chat
+from cai.engines.chat_tokens import (check_tokenizer, content_is_plain, encode_prompt, encode_text, plain_stops,
+                                     render_plain, render_prompt)
 from cai.types import Completion, Message, Request, SamplingParams
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
@@ -54,6 +56,9 @@ class OpenAIOptions(EngineOptions):
     #: the served model's tokenizer, whose chat template and token ids build scoring prompts
     #: (`smollm2`, a folder, a hub id); default: the model name, where it resolves locally
     tokenizer: str | None = None
+    #: chat: the server renders messages with its chat template; plain: cai writes a Human:/Assistant:
+    #: transcript and uses /completions (a base model served without a chat template)
+    prompt_format: Literal["chat", "plain"] = "chat"
 
 
 class RetryableHTTPError(Exception):
@@ -86,6 +91,7 @@ class OpenAIEngine(Engine):
         self.options = options or OpenAIOptions()
         self.model, self.base_urls = parse_openai_spec(rest)
         self.model_id = f"openai:{self.model}"
+        self.prompt_format = self.options.prompt_format
         self.in_flight = {url: 0 for url in self.base_urls}
         self.ignores_n: set[str] = set()
         self.stats: dict[str, Any] = {"requests": 0, "retries": 0, "requests_by_url": {u: 0 for u in self.base_urls}}
@@ -176,6 +182,10 @@ class OpenAIEngine(Engine):
                                 "temperature": p.temperature, "top_p": p.top_p, "n": n}
         if seed is not None:
             body["seed"] = seed
+        if self.prompt_format == "plain":
+            del body["messages"]
+            body.update(prompt=render_plain(request.messages), stop=[*p.stop, *plain_stops()])
+            return await self._post("/completions", body)
         if p.stop:
             body["stop"] = list(p.stop)
         return await self._post("/chat/completions", body)
@@ -203,7 +213,8 @@ class OpenAIEngine(Engine):
         out = []
         for choice in choices:
             finish = choice.get("finish_reason") or "stop"
-            out.append(Completion(text=((choice.get("message") or {}).get("content") or "").strip(),
+            text = (choice.get("message") or {}).get("content") or choice.get("text") or ""  # chat or completions
+            out.append(Completion(text=text.strip(),
                                   finish_reason="length" if finish == "length" else "stop",
                                   prompt_tokens=int(usage.get("prompt_tokens") or 0),
                                   completion_tokens=int(usage.get("completion_tokens") or 0) // max(1, len(choices))))
@@ -233,10 +244,11 @@ class OpenAIEngine(Engine):
 
     async def _score_one(self, messages: Sequence[Message], continuation: str) -> float:
         tokenizer = self._chat_template()
+        fmt = self.prompt_format
         if await self._takes_token_prompts() is not False:
-            prompt: list[int] | str = encode_chat(tokenizer, messages) + encode_text(tokenizer, continuation)
-        elif content_is_plain(tokenizer, messages, continuation):
-            prompt = render_chat(tokenizer, messages) + continuation
+            prompt: list[int] | str = encode_prompt(tokenizer, messages, fmt) + encode_text(tokenizer, continuation)
+        elif content_is_plain(tokenizer, messages, continuation, fmt):
+            prompt = render_prompt(tokenizer, messages, fmt) + continuation
         else:
             raise EngineError(f"{self.model_id}: the server takes only text prompts, and this prompt or continuation "
                               "holds control-token text (such as <|im_end|>) that the server would read as real "

@@ -1,28 +1,38 @@
-"""The local engine: a transformers causal LM on CPU or GPU, fed by micro-batches.
+"""The local engine: a transformers causal LM on CPU or GPU.
 
-The shared micro-batcher (`cai.engines.batching`) groups waiting requests by sampling
-parameters, leading tokens and length; this module runs one left-padded
+By default (`continuous`) it runs our own decode loop (`cai.engines.decode_loop`): rows
+join the running batch as others finish, each row samples with its own seed, and a
+prefix KV cache (`cai.engines.prefix_cache`, bounded, LRU) keeps the KV of every prompt
+and answer, so the next step of a chain prefills only the tokens it adds, the few-shot
+examples are computed once per process, and a score call prefills its prompt once for
+all its continuations. Models whose attention it cannot serve (sliding windows,
+soft-capping; `ragged_attention.supports`) and `-E continuous=false` take the plain
+path: the shared micro-batcher (`cai.engines.batching`) groups waiting requests by
+sampling parameters, leading tokens and length, and this module runs one left-padded
 `model.generate` per generation batch and one forward pass per scoring batch (keeping
-only the logits of the continuation positions, so memory stays small). A prefix that
-every row of a batch shares (few-shot examples, a system prompt) is prefilled once and
-its KV cache reused by all rows. Nothing is generated one prompt at a time unless only
-one prompt is waiting. Prompts are tokenized by `cai.engines.chat_tokens`, so message
-content (prompts, candidates) and scored continuations can never become control tokens.
+only the logits of the continuation positions, so memory stays small), prefilling once
+a prefix that every row of a batch shares. In fp32 both paths give the same tokens.
+Prompts are tokenized by `cai.engines.chat_tokens`, so message content (prompts,
+candidates) and scored continuations can never become control tokens.
 
-Specs: `hf:<folder | file.gguf | hub id>` and the embedded default `smollm2`.
+Specs: `hf:<folder | file.gguf | hub id>`, the embedded default `smollm2` and the optional
+`gemma3-270m` (a base model: `-E prompt_format=auto` prompts it with plain transcripts).
 Not here: caching (`cai.store`), sample-level concurrency (`cai.pipeline`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from cai.engines.base import EngineError, EngineOptions, register_alias, register_engine
 from cai.engines.batching import BatchingEngine, WorkItem
-from cai.engines.chat_tokens import check_tokenizer, encode_chat, encode_text, render_chat
-from cai.engines.models import EMBEDDED_NAME, resolve_model_path
+from cai.engines.chat_tokens import PromptFormat, encode_prompt, encode_text, plain_stops, render_prompt, resolve_prompt_format
+from cai.engines.models import EMBEDDED_MODELS, resolve_model_path
 from cai.types import Completion, Message
+
+if TYPE_CHECKING:  # torch is imported only when an engine is built
+    from cai.engines.decode_loop import DecodeLoop
 
 
 class TransformersOptions(EngineOptions):
@@ -37,6 +47,18 @@ class TransformersOptions(EngineOptions):
     #: compute a prefix shared by every row of a batch (few-shot examples, system prompt)
     #: once and reuse its KV cache, when it is at least this many tokens; 0 turns it off
     shared_prefix_min_tokens: int = 32
+    #: chat (the model's chat template), plain (Human:/Assistant: transcripts, for base models),
+    #: or auto: plain exactly when the tokenizer has no chat template
+    prompt_format: PromptFormat = "auto"
+    #: our decode loop (continuous batching, per-row seeds, prefix KV cache) where the model's
+    #: attention allows it; false: micro-batched model.generate
+    continuous: bool = True
+    #: memory for the prefix KV cache, MiB; 0 turns it off (least recently used blocks go first)
+    prefix_cache_mb: int = 2048
+    #: tokens per prefix-cache block: a prompt reuses the whole blocks it shares with earlier ones
+    prefix_block_tokens: int = 16
+    #: most new prompt tokens one step of the decode loop prefills (more wait for the next step)
+    step_tokens: int = 4096
 
 
 def cpu_supports_bf16() -> bool:
@@ -70,19 +92,39 @@ class TransformersEngine(BatchingEngine):
             path = resolve_model_path(ref)
         except Exception as exc:  # noqa: BLE001 - re-raised with context
             raise EngineError(f"cannot find model {ref!r}: {exc}") from exc
-        self.model_id = ref if ref == EMBEDDED_NAME else f"hf:{ref}"
+        self.model_id = ref if ref in EMBEDDED_MODELS else f"hf:{ref}"
         self.path = path
         self.device = self._pick_device(torch)
         self.dtype = self._pick_dtype(torch)
         self.tokenizer = AutoTokenizer.from_pretrained(path)
-        check_tokenizer(self.tokenizer, self.model_id)
+        self.prompt_format = resolve_prompt_format(self.tokenizer, self.options.prompt_format, self.model_id)
+        self.stops = plain_stops() if self.prompt_format == "plain" else ()
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype).to(self.device).eval()
         self.eos_ids = self._eos_ids()
+        self.plain_reason: str | None = None
+        self.loop = self._decode_loop()
 
     # ---- setup helpers -------------------------------------------------------------
+    def _decode_loop(self) -> DecodeLoop | None:
+        """Our decode loop, if asked for and the model's attention allows it; else None and
+        the reason in `plain_reason`."""
+        from cai.engines import ragged_attention
+
+        self.plain_reason = ragged_attention.supports(self.model) if self.options.continuous else "continuous=false"
+        if self.plain_reason is not None:
+            return None
+        from cai.engines.decode_loop import DecodeLoop
+        from cai.engines.prefix_cache import PrefixCache
+
+        ragged_attention.install(self.model)
+        self.continuous = True
+        cache = PrefixCache(self.options.prefix_cache_mb << 20, self.options.prefix_block_tokens)
+        return DecodeLoop(self.model, eos_ids=self.eos_ids, cache=cache, max_rows=self.max_batch_size,
+                          max_tokens=self.max_batch_tokens, step_tokens=self.options.step_tokens, stopped=self._stopped)
+
     def _pick_device(self, torch: Any) -> str:
         if self.options.device != "auto":
             return self.options.device
@@ -107,7 +149,9 @@ class TransformersEngine(BatchingEngine):
         return {i for i in ids if i is not None}
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "path": self.path, "device": self.device, "dtype": str(self.dtype)}
+        return {**super().describe(), "path": self.path, "device": self.device, "dtype": str(self.dtype),
+                "prompt_format": self.prompt_format,
+                "decode": "continuous" if self.loop else f"micro-batched generate ({self.plain_reason})"}
 
     def context_window(self) -> int | None:
         """The model's trained length (`max_position_embeddings` or its older names)."""
@@ -134,10 +178,10 @@ class TransformersEngine(BatchingEngine):
     # ---- public API ----------------------------------------------------------------
     def render(self, messages: Sequence[Message]) -> str:
         """The prompt as text, for reading; the model gets `encode_prompt`'s ids."""
-        return render_chat(self.tokenizer, messages)
+        return render_prompt(self.tokenizer, messages, self.prompt_format)
 
     def encode_prompt(self, messages: Sequence[Message]) -> list[int]:
-        return encode_chat(self.tokenizer, messages)
+        return encode_prompt(self.tokenizer, messages, self.prompt_format)
 
     def encode_continuation(self, text: str) -> list[int]:
         return encode_text(self.tokenizer, text)
@@ -185,7 +229,11 @@ class TransformersEngine(BatchingEngine):
         assert params is not None
         rows = [it.prompt_ids for it in batch]
         shared = self._shared_prefix_len(rows)
-        extra: dict[str, Any] = {}
+        # stop early on the plain-prompt stops and on any stop every row asks for; each row's text is cut in
+        # _to_completion
+        stops = [s for s in (*self.stops, *params.stop) if s and (s in self.stops or all(
+            it.params is not None and s in it.params.stop for it in batch))]
+        extra: dict[str, Any] = {"stop_strings": stops, "tokenizer": self.tokenizer} if stops else {}
         if shared:
             ids, mask = self._prefix_padded(rows, shared)
             with torch.inference_mode():
@@ -215,7 +263,7 @@ class TransformersEngine(BatchingEngine):
                 break
         text = self.tokenizer.decode(tokens, skip_special_tokens=True)
         assert item.params is not None
-        for stop in item.params.stop:
+        for stop in (*item.params.stop, *self.stops):
             if stop and stop in text:
                 text, finish = text.split(stop, 1)[0], "stop"
         self.stats["generated_tokens"] += len(tokens)
@@ -242,6 +290,37 @@ class TransformersEngine(BatchingEngine):
             scores.append(float(preds.gather(-1, target[:, None]).sum()))
         return scores
 
+    # ---- the decode loop (continuous mode) -------------------------------------------------
+    def admit(self, waiting: list[WorkItem]) -> list[WorkItem]:
+        assert self.loop is not None
+        return self.loop.admit(waiting)
+
+    def run_step(self) -> list[tuple[WorkItem, Completion | float]]:
+        assert self.loop is not None
+        done = self.loop.step()
+        self.stats.update(self.loop.stats)
+        self.stats["prefix_cache_bytes"] = self.loop.cache.stats.stored_bytes
+        self.stats["prefix_cache_evicted_blocks"] = self.loop.cache.stats.evicted_blocks
+        return [(item, out if isinstance(out, float) else self._to_completion(item, out)) for item, out in done]
+
+    def in_flight(self) -> list[WorkItem]:
+        return self.loop.in_flight() if self.loop else []
+
+    def drop_running(self) -> None:
+        if self.loop:
+            self.loop.drop()
+
+    def clear_prefix_cache(self) -> None:
+        """Forget every cached prefix (benchmarks start each repeat cold)."""
+        if self.loop:
+            self.loop.cache.clear()
+
+    def _stopped(self, item: WorkItem, tokens: list[int]) -> bool:
+        """Whether a row's text so far holds one of its stop strings (it ends there)."""
+        stops = [s for s in (*(item.params.stop if item.params else ()), *self.stops) if s]
+        return bool(stops) and any(s in self.tokenizer.decode(tokens, skip_special_tokens=True) for s in stops)
+
 
 register_engine("hf", TransformersEngine)
-register_alias(EMBEDDED_NAME, f"hf:{EMBEDDED_NAME}")
+for _name in EMBEDDED_MODELS:
+    register_alias(_name, f"hf:{_name}")

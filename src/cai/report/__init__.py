@@ -1,0 +1,10 @@
+"""`cai report`: one self-contained HTML page from run directories and trained-model folders.
+
+`build_report(ReportConfig(paths=[...], out=...))` is the entry point (`cai.report.builder`);
+`sources` finds and reads runs, `sections` and `eval_sections` decide what each kind of run
+shows, `plots` draws the figures as inline SVG, `templates/report.html.j2` lays it out.
+"""
+
+from cai.report.builder import ReportConfig, ReportResult, build_report
+
+__all__ = ["ReportConfig", "ReportResult", "build_report"]

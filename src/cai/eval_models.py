@@ -34,7 +34,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, Protocol
 
 from cai.constitution import Constitution, ConstitutionOptions, load_constitution
 from cai.data import BadRow, InputError, PromptRow, read_jsonl_records, read_prompts
@@ -171,10 +171,8 @@ class EvalJudgeOptions(Options):
 class ModelsEvalConfig(Options):
     """Everything `cai eval models` needs; the CLI and `--config` fill it, `run_models_eval` runs it."""
 
-    #: an evaluation measures failures, so it never stops on them
-    default_overrides: ClassVar[dict[str, Any]] = {"max_failure_rate": 1.0}
-
     inputs: EvalPromptOptions = field(default_factory=EvalPromptOptions)
+    #: an evaluation measures failures, so it never stops on them (1 never stops)
     run: RunOptions = field(default_factory=lambda: RunOptions(max_failure_rate=1.0))
     policies: PolicyOptions = field(default_factory=PolicyOptions)
     judging: EvalJudgeOptions = field(default_factory=EvalJudgeOptions)

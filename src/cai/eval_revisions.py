@@ -27,7 +27,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from cai.data import BadRow, InputError, PromptRow, text_lines
 from cai.engines.base import EngineError
@@ -121,9 +121,8 @@ class RevisionRunOptions(RunOptions):
 class RevisionsEvalConfig(Options):
     """Everything `cai eval revisions` needs."""
 
-    default_overrides: ClassVar[dict[str, Any]] = {"max_failure_rate": 1.0}
-
     inputs: SLRunOptions = field(default_factory=SLRunOptions)
+    #: an evaluation measures failures, so it never stops on them (1 never stops)
     run: RevisionRunOptions = field(default_factory=lambda: RevisionRunOptions(max_failure_rate=1.0))
     scoring: RevisionScoreOptions = field(default_factory=RevisionScoreOptions)
 

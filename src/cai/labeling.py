@@ -340,12 +340,6 @@ def _load_builtin_labelers() -> None:
     if _PLUGINS_LOADED:
         return
     _PLUGINS_LOADED = True
-    from importlib.metadata import entry_points
+    from cai.plugins import load_plugins
 
-    for point in entry_points(group="cai.labelers"):
-        try:
-            loaded = point.load()
-            if callable(loaded) and not isinstance(loaded, type):
-                loaded()
-        except Exception as exc:
-            raise ConfigError(f"labeller plugin {point.name!r} ({point.value}) failed to load: {exc}") from exc
+    load_plugins("cai.labelers", "labeller", ConfigError)

@@ -162,12 +162,6 @@ def _load_plugin_engines() -> None:
     """Engines from other packages, as `llm` plugins do it: an entry point in the group
     `cai.engines` names a module (importing it calls `register_engine`) or a function
     to call. A plugin that fails to load is an error naming it, never silently skipped."""
-    from importlib.metadata import entry_points
+    from cai.plugins import load_plugins
 
-    for point in entry_points(group="cai.engines"):
-        try:
-            loaded = point.load()
-            if callable(loaded) and not isinstance(loaded, type):
-                loaded()
-        except Exception as exc:
-            raise EngineError(f"engine plugin {point.name!r} ({point.value}) failed to load: {exc}") from exc
+    load_plugins("cai.engines", "engine", EngineError)

@@ -26,12 +26,13 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from cai.evaluate import wilson_interval
 from cai.prompting import load_prompt_yaml
+
+if TYPE_CHECKING:
+    import numpy as np
 
 #: (index of player i, index of player j, i's score in [0, 1]): one comparison
 Game = tuple[int, int, float]
@@ -72,6 +73,8 @@ def rate(part: int, whole: int, failures: int = 0, what: str = "") -> dict[str, 
 
 # ---- Bradley-Terry and Elo -----------------------------------------------------------
 def _win_matrix(n_players: int, games: Sequence[Game], prior: float) -> np.ndarray:
+    import numpy as np
+
     wins = np.full((n_players, n_players), float(prior))
     np.fill_diagonal(wins, 0.0)
     for i, j, s in games:
@@ -88,6 +91,8 @@ def fit_bradley_terry(n_players: int, games: Sequence[Game], *, prior: float = 0
 
     A player with no wins at all and `prior=0` gets strength 0 (its Elo is -inf).
     """
+    import numpy as np
+
     wins = _win_matrix(n_players, games, prior)
     games_between = wins + wins.T
     total_wins = wins.sum(axis=1)
@@ -106,6 +111,8 @@ def fit_bradley_terry(n_players: int, games: Sequence[Game], *, prior: float = 0
 
 def elo_scale(strengths: np.ndarray) -> np.ndarray:
     """Elo points relative to the first player: 400·log10(pi_i / pi_0)."""
+    import numpy as np
+
     with np.errstate(divide="ignore"):
         return 400.0 * np.log10(strengths / strengths[0])
 
@@ -113,6 +120,8 @@ def elo_scale(strengths: np.ndarray) -> np.ndarray:
 def bootstrap_elo(players: Sequence[str], games_by_prompt: Sequence[Sequence[Game]], *, samples: int = 500,
                   seed: int = 0, prior: float = 0.5) -> dict[str, Any]:
     """Elo per player (first player = 0) with 95% percentile intervals over prompts resampled."""
+    import numpy as np
+
     k = len(players)
     flat = [g for games in games_by_prompt for g in games]
     point = elo_scale(fit_bradley_terry(k, flat, prior=prior))
@@ -186,6 +195,8 @@ def p_first(logp_a: float, logp_b: float) -> float:
 # ---- calibration ---------------------------------------------------------------------
 def reliability_bins(confidence: Sequence[float], correct: Sequence[float], bins: int = 5) -> list[dict[str, Any]]:
     """Bins of confidence in [0.5, 1]: mean confidence, accuracy (ties half) and count per bin."""
+    import numpy as np
+
     edges = np.linspace(0.5, 1.0, bins + 1)
     out = []
     for b in range(bins):

@@ -6,7 +6,10 @@ chain. `run_job` opens the run
 directory, validates the input, wraps each engine in the run's call cache, runs the
 chain over every row, rewrites the output files from the store and writes
 `summary.json`, then prints a summary table. Engines and the run directory are closed
-however the job ends.
+however the job ends. A run whose every row is already finished (`ok` in the store)
+opens no engine at all: resuming it only rewrites the outputs. A row that failed is
+tried again, so a run with failures opens its engines (their answers may still come
+from the call cache).
 
 When more than `max_failure_rate` of the rows fail (`cai.pipeline.FailureBudget`), the
 job stops early, still writes its outputs and summary (with `stopped_early`), and then
@@ -25,7 +28,7 @@ from typing import Any, Protocol
 from rich.console import Console
 from rich.table import Table
 
-from cai.data import HHMode, read_prompts
+from cai.data import HHMode, PromptRow, read_prompts
 from cai.engines.base import Engine, load_engine
 from cai.errors import FailureBudgetExceeded
 from cai.options import Options, at_least, in_unit_interval, key_value_pairs, option
@@ -168,11 +171,19 @@ def _run_in(run: RunDir, *, command: str, stage: str, inputs: JobInputs, config:
         total = inputs.limit
     engines = EngineSet()
     started = time.perf_counter()
+    every_row_done = _every_row_done(inputs, run.store.done_ids(stage))
 
     async def main() -> RunCounts:
         try:
-            chain = make_chain(engines, run)
-            run.write_manifest(command, config.flat(), engines=engines.describe(), **manifest_parts)
+            opened: dict[str, Any] = {}
+            if every_row_done:  # nothing to compute: the engines are not even built
+                chain: Chain = _no_row_left
+                opened["engines_not_opened"] = "every row was already finished; engines as the last run described"
+                described = run.previous_engines()
+            else:
+                chain = make_chain(engines, run)
+                described = engines.describe()
+            run.write_manifest(command, config.flat(), engines=described, **opened, **manifest_parts)
             return await run_rows(inputs.rows(), chain, store=run.store, stage=stage,
                                   concurrency=config.run.concurrency,
                                   total=total, tokens=lambda: engines.stat("completion_tokens"),
@@ -213,6 +224,15 @@ def _run_in(run: RunDir, *, command: str, stage: str, inputs: JobInputs, config:
     if counts.stopped_early:
         raise FailureBudgetExceeded(summary["stopped_early"], result)
     return result
+
+
+def _every_row_done(inputs: JobInputs, done: set[str]) -> bool:
+    """True when the store holds an `ok` result for every input row (bad rows aside)."""
+    return bool(done) and all(row.id in done for row in inputs.rows() if isinstance(row, PromptRow))
+
+
+async def _no_row_left(row: PromptRow) -> dict[str, Any]:
+    raise AssertionError(f"row {row.id!r} reached the chain although every row was finished")
 
 
 def budget_message(counts: RunCounts, budget: FailureBudget, run: RunDir) -> str:

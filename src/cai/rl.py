@@ -19,6 +19,7 @@ Rows go out in TRL's conversational preference format with provenance columns.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -213,40 +214,50 @@ def label_summary(run: Any, summary: dict[str, Any] | None = None) -> dict[str, 
     `--min-margin` drops and best-worst's unused pairs are exactly the labels a biased
     judge produces, so leaving them out would flatter it.
     """
-    ok = list(run.store.results(STAGE, "ok"))
-    failed_rows = list(run.store.results(STAGE, "failed"))
-    attempts = [a for r in ok for a in r.get("label_attempts", [])]
-    attempts += [a for f in failed_rows for a in f.get("trace", {}).get("label_attempts", [])]
-    labelled = [a for a in attempts if a["p_x"] is not None]
-    outcomes: dict[str, int] = {}
-    for a in attempts:
-        outcomes[a["outcome"]] = outcomes.get(a["outcome"], 0) + 1
-    prefs = [p for r in ok for p in r["preferences"]]
-    dropped = [d.get("code", "unknown") for r in ok for d in r["dropped"]]
+    attempts = labelled = both_orders = position_biased = tokens = pairs = near_coin_flip = 0
+    margins = 0.0
+    outcomes: Counter[str] = Counter()
+    dropped: Counter[str] = Counter()
     bins = {f"{lo / 10:.1f}-{(lo + 1) / 10:.1f}": 0 for lo in range(5, 10)}
-    for p in prefs:
-        lo = min(9, max(5, int(p["p_chosen"] * 10)))
-        bins[f"{lo / 10:.1f}-{(lo + 1) / 10:.1f}"] += 1
-    both_orders = [a["position_bias"] for a in labelled if a["position_bias"] is not None]
-    tokens = sum(a["judge_generated_tokens"] for a in attempts)
+    for status, row in run.store.entries(STAGE):  # one row at a time: memory stays flat
+        if status == "ok":
+            row_attempts = row.get("label_attempts", [])
+            dropped.update(d.get("code", "unknown") for d in row["dropped"])
+            for p in row["preferences"]:
+                pairs += 1
+                margins += _margin(p)
+                near_coin_flip += _margin(p) < NEAR_COIN_FLIP
+                lo = min(9, max(5, int(p["p_chosen"] * 10)))
+                bins[f"{lo / 10:.1f}-{(lo + 1) / 10:.1f}"] += 1
+        else:
+            row_attempts = row.get("trace", {}).get("label_attempts", [])
+        for a in row_attempts:
+            attempts += 1
+            outcomes[a["outcome"]] += 1
+            tokens += a["judge_generated_tokens"]
+            if a["p_x"] is not None:
+                labelled += 1
+                if a["position_bias"] is not None:
+                    both_orders += 1
+                    position_biased += bool(a["position_bias"])
 
     def rate(part: int, whole: int) -> float | None:
         return round(part / whole, 4) if whole else None
 
     return {
-        "labels_attempted": len(attempts),
-        "labels": len(labelled),
-        "label_coverage": rate(len(labelled), len(attempts)),
+        "labels_attempted": attempts,
+        "labels": labelled,
+        "label_coverage": rate(labelled, attempts),
         "label_outcomes": dict(sorted(outcomes.items())),
-        "preference_pairs": len(prefs),
-        "pairs_dropped": {code: dropped.count(code) for code in sorted(set(dropped))},
+        "preference_pairs": pairs,
+        "pairs_dropped": dict(sorted(dropped.items())),
         "p_chosen_histogram_kept_pairs": bins,
-        "mean_margin_kept_pairs": round(sum(_margin(p) for p in prefs) / len(prefs), 4) if prefs else None,
-        f"kept_pairs_margin_below_{NEAR_COIN_FLIP}": sum(_margin(p) < NEAR_COIN_FLIP for p in prefs),
-        "position_bias_rate": rate(sum(both_orders), len(both_orders)),
-        "position_bias_denominator": f"{len(both_orders)} labels judged in both orders, of {len(attempts)} attempted",
-        "label_failures": len(attempts) - len(labelled),
-        "judge_generated_tokens_per_attempt": round(tokens / len(attempts), 2) if attempts else None,
+        "mean_margin_kept_pairs": round(margins / pairs, 4) if pairs else None,
+        f"kept_pairs_margin_below_{NEAR_COIN_FLIP}": near_coin_flip,
+        "position_bias_rate": rate(position_biased, both_orders),
+        "position_bias_denominator": f"{both_orders} labels judged in both orders, of {attempts} attempted",
+        "label_failures": attempts - labelled,
+        "judge_generated_tokens_per_attempt": round(tokens / attempts, 2) if attempts else None,
     }
 
 

@@ -141,6 +141,13 @@ class RunDir:
 
         return self.write_jsonl(FAILURES_FILE, all_failures())
 
+    def previous_engines(self) -> dict[str, Any]:
+        """The engines the last manifest described ({} if there is none)."""
+        try:
+            return dict(json.loads(self.file("manifest.json").read_text("utf-8")).get("engines") or {})
+        except (json.JSONDecodeError, OSError):
+            return {}
+
     def write_manifest(self, command: str, config: dict[str, Any], **parts: Any) -> None:
         previous = self.file("manifest.json")
         runs = []

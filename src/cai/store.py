@@ -159,13 +159,14 @@ class CachedEngine(Engine):
         self.store = store
         self.model_id = engine.model_id
         self.prompt_format = getattr(engine, "prompt_format", "chat")
+        self.identity = engine.cache_identity()
         self.stats = {"calls_made": 0, "cache_hits": 0, "prompt_tokens": 0, "completion_tokens": 0}
 
     def describe(self) -> dict[str, Any]:
         return self.inner.describe()
 
     def _key(self, kind: str, payload: dict[str, Any]) -> str:
-        return stable_hash({"model": self.model_id, "kind": kind, **payload})
+        return stable_hash({**self.identity, "kind": kind, **payload})
 
     async def generate(self, requests: Sequence[Request]) -> list[list[Completion]]:
         keys = [self._key("generate", r.to_dict()) for r in requests]

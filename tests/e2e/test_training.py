@@ -171,8 +171,9 @@ def test_recipe_end_to_end_and_resume(tmp_path) -> None:
     first = cai(*args)
     assert first.returncode == 0, first.stderr[-3000:]
     stages = json.loads((tmp_path / "recipe" / "recipe_summary.json").read_text())
-    assert set(stages) == {"sl", "sft", "rl", "reward", "dpo"}
+    assert set(stages) == {"sl", "sft", "rl", "reward", "dpo", "report"}
     assert (tmp_path / "recipe" / "models" / "sft" / "model.safetensors").exists()
+    assert "<svg" in (tmp_path / "recipe" / "report.html").read_text()
     second = cai(*args)
     assert second.returncode == 0, second.stderr[-3000:]
     for run in ("sl", "rl"):

@@ -19,6 +19,11 @@ def engine():
     return load_engine("smollm2", {"max_batch_size": 8, "dtype": "fp32"})
 
 
+def test_the_dtype_is_part_of_the_call_cache_identity(engine) -> None:
+    # bf16 and fp32 answers differ, so an fp32 run never reuses a bf16 run's cached calls
+    assert engine.cache_identity() == {"model": "smollm2", "dtype": "float32"}
+
+
 def test_greedy_generation_is_the_same_alone_and_batched(engine) -> None:
     greedy = SamplingParams(max_tokens=24, temperature=0)
     prompts = [[{"role": "user", "content": text}] for text in

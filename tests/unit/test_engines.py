@@ -40,6 +40,22 @@ async def test_cached_engine_answers_from_store(tmp_path) -> None:
     assert engine.store.count_calls("score") == 1
 
 
+async def test_cached_answers_are_not_shared_across_prompt_formats(tmp_path) -> None:
+    store = Store(tmp_path / "s.sqlite")
+    req = Request.of([{"role": "user", "content": "hello"}], SamplingParams(n=1))
+    chat = CachedEngine(load_engine("fake:echo"), store)
+    await chat.generate([req])
+    plain_engine = load_engine("fake:echo")
+    plain_engine.prompt_format = "plain"  # a base model's transcript renders the same request differently
+    plain = CachedEngine(plain_engine, store)
+    await plain.generate([req])
+    assert plain.stats["calls_made"] == 1 and plain.stats["cache_hits"] == 0
+    again = CachedEngine(load_engine("fake:echo"), store)
+    await again.generate([req])
+    assert again.stats["cache_hits"] == 1 and again.stats["calls_made"] == 0
+    assert chat.identity == {"model": "fake:echo"} and plain.identity["prompt_format"] == "plain"
+
+
 def test_builtin_specs_resolve_in_a_fresh_process() -> None:
     """`parse_spec('smollm2')` failed in a new process: the alias was looked up before the
     built-in engines (which register it) were loaded."""

@@ -113,6 +113,36 @@ def test_rerun_resumes_from_the_store(tmp_path, prompts_file) -> None:
     assert len(read_jsonl(tmp_path / "run" / "sl.jsonl")) == 3
 
 
+def test_resuming_a_finished_run_builds_no_engine(tmp_path, prompts_file, monkeypatch) -> None:
+    import json
+
+    import cai.jobs
+
+    built: list[str] = []
+    real_load = cai.jobs.load_engine
+
+    def counting_load(spec, options=None):
+        built.append(spec)
+        return real_load(spec, options)
+
+    monkeypatch.setattr(cai.jobs, "load_engine", counting_load)
+    config = SLConfig.of(prompts=str(prompts_file), out=str(tmp_path / "run"), model="fake:sl-test", rounds=1)
+    run_sl(config, show_progress=False)
+    assert built == ["fake:sl-test"]
+    first_manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    again = run_sl(config, show_progress=False)
+    assert built == ["fake:sl-test"]  # not built a second time
+    assert again.summary["rows_already_done"] == 3 and len(read_jsonl(tmp_path / "run" / "sl.jsonl")) == 3
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["engines"] == first_manifest["engines"] and "engines_not_opened" in manifest
+    assert len(manifest["invocations"]) == 2
+    # one more input row: the engine is needed again
+    prompts_file.write_text(prompts_file.read_text() + '{"id": "extra", "prompt": "One more question."}\n')
+    more = run_sl(config, show_progress=False)
+    assert built == ["fake:sl-test", "fake:sl-test"] and more.summary["rows_ok_this_run"] == 1
+    assert "engines_not_opened" not in json.loads((tmp_path / "run" / "manifest.json").read_text())
+
+
 async def test_rows_run_concurrently_so_requests_batch(tmp_path, prompts_file) -> None:
     from cai.data import read_prompts
     from cai.pipeline import run_rows

@@ -80,6 +80,16 @@ class Engine(abc.ABC):
         """
         return None
 
+    def cache_identity(self) -> dict[str, str]:
+        """What decides an answer besides the request, in every call-cache key: a cached
+        answer is reused only by an engine with the same identity. The model, and the
+        prompt format where it is not the chat template; engines add what else changes
+        their numbers (the transformers engine its dtype)."""
+        identity = {"model": self.model_id}
+        if self.prompt_format != "chat":
+            identity["prompt_format"] = self.prompt_format
+        return identity
+
     def describe(self) -> dict[str, Any]:
         """What goes into the manifest: never API keys."""
         return {"engine": type(self).__name__, "model_id": self.model_id}

@@ -168,7 +168,8 @@ class Replica:
                                 "converted": self.converted, "load_s": self.load_s}
         if self.engine is not None:
             info.update(model_id=self.engine.model_id, context_window=self.engine.context_window(),
-                        describe=self.engine.describe(), prompt_format=getattr(self.engine, "prompt_format", "chat"))
+                        describe=self.engine.describe(), prompt_format=getattr(self.engine, "prompt_format", "chat"),
+                        cache_identity=self.engine.cache_identity())
         return info
 
     async def run(self, items: list[tuple[str, Any]]) -> tuple[str, int, list[tuple[bool, Any, str]]]:
@@ -306,6 +307,7 @@ class RayEngine(Engine):
             replica.incarnation, replica.pid = info["incarnation"], info["pid"]
         self.model_id = infos[0]["model_id"]  # the inner engine's: cached calls are shared with local runs
         self.prompt_format = infos[0]["prompt_format"]
+        self._cache_identity = infos[0]["cache_identity"]
         self._context_window = infos[0]["context_window"]
         self._inner_describe = infos[0]["describe"]
         self.stats["replicas_up"] = len(self.replicas)
@@ -319,6 +321,9 @@ class RayEngine(Engine):
                 "inner_engine": self._inner_describe, "replicas": o.replicas, "num_cpus": o.num_cpus,
                 "num_gpus": o.num_gpus, "placement_strategy": o.placement_strategy, "max_restarts": o.max_restarts,
                 "ray_address": self.address, "ray_version": self._ray.__version__}
+
+    def cache_identity(self) -> dict[str, str]:
+        return dict(self._cache_identity)
 
     def context_window(self) -> int | None:
         return self._context_window

@@ -153,6 +153,10 @@ class TransformersEngine(BatchingEngine):
                 "prompt_format": self.prompt_format,
                 "decode": "continuous" if self.loop else f"micro-batched generate ({self.plain_reason})"}
 
+    def cache_identity(self) -> dict[str, str]:
+        """Answers computed in another dtype differ: they are not reused."""
+        return {**super().cache_identity(), "dtype": str(self.dtype).removeprefix("torch.")}
+
     def context_window(self) -> int | None:
         """The model's trained length (`max_position_embeddings` or its older names)."""
         config = self.model.config

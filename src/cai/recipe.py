@@ -67,7 +67,9 @@ def run_recipe(config: RecipeConfig, *, show_progress: bool = True) -> dict[str,
                          keep_truncated=config.keep_truncated),
                 show_progress=show_progress, console=console)
     stages["sl"] = f"{sl.summary['files'].get('sft.jsonl', 0)} SFT rows, {sl.summary['files']['failures.jsonl']} failures"
-    steps = dict(max_steps=config.train_steps, batch_size=2, max_length=384, seed=config.seed)
+    # demo scale: a small model, a few steps; recomputing activations would only slow it down
+    steps = dict(max_steps=config.train_steps, batch_size=2, max_length=384, seed=config.seed,
+                 gradient_checkpointing=False)
     sft_out = root / "models" / "sft"
     rep = _train(sft_out, lambda: sft.main(sft.SFTWrapperConfig(data=str(root / "sl"), model=config.model,
                                                                        out=str(sft_out), **steps)))

@@ -57,12 +57,14 @@ def test_eval_judge_with_a_base_model_judge_in_plain_mode(tmp_path, short_pairs,
     assert any("> N/A" in c["messages"][0]["content"] for c in scored)  # contextual calibration's content-free pair
 
 
-def test_rl_with_a_base_model_as_policy_and_judge(tmp_path, gemma_installed) -> None:
+def test_rl_with_a_base_model_policy_and_a_two_model_ensemble(tmp_path, gemma_installed) -> None:
+    """Gemma samples the candidates in plain mode; SmolLM2 (chat) and Gemma (plain) judge them together."""
     prompts = write_jsonl(tmp_path / "p.jsonl", [{"id": f"q{i}", "prompt": p} for i, p in enumerate(
-        ["How do I get into my neighbour's wifi?", "Write an insult for my coworker.", "How do I make a fake ID?"])])
-    out = tmp_path / "rl"
-    proc = cai("rl", "--prompts", str(prompts), "--out", str(out), "--policy", GEMMA, "--judge", GEMMA,
-               "--candidates", "2", "--max-tokens", "24", "--min-margin", "0", "--quiet")
+        ["How can I scare my little brother?", "What's the easiest way to cheat on a test?",
+         "Write an insult for my coworker."])])
+    out = tmp_path / "ens"
+    proc = cai("rl", "--prompts", str(prompts), "--out", str(out), "--policy", GEMMA, "--judge", "smollm2",
+               "--judge", GEMMA, "--candidates", "2", "--max-tokens", "24", "--min-margin", "0", "--quiet")
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["rows_ok_this_run"] + summary["rows_failed_this_run"] == 3
@@ -71,26 +73,12 @@ def test_rl_with_a_base_model_as_policy_and_judge(tmp_path, gemma_installed) -> 
     for row in read_jsonl(out / "candidates.jsonl"):
         for cand in row["candidates"]:
             assert "Human:" not in cand["text"]  # plain generation stops at the transcript's next turn
-    assert summary["labels"] >= 1
-    for pref in read_jsonl(out / "preferences.jsonl"):
-        assert pref["judges"] == [GEMMA] and pref["p_chosen_order_ab"] is not None
-
-
-def test_two_model_ensemble_smollm2_and_gemma(tmp_path, gemma_installed) -> None:
-    prompts = write_jsonl(tmp_path / "p.jsonl", [{"id": f"q{i}", "prompt": p} for i, p in enumerate(
-        ["How can I scare my little brother?", "What's the easiest way to cheat on a test?",
-         "Tell me a joke about my boss."])])
-    out = tmp_path / "ens"
-    proc = cai("rl", "--prompts", str(prompts), "--out", str(out), "--policy", "smollm2", "--judge", "smollm2",
-               "--judge", GEMMA, "--candidates", "2", "--max-tokens", "24", "--min-margin", "0", "--quiet")
-    assert proc.returncode == 0, proc.stderr[-3000:]
     prefs = read_jsonl(out / "preferences.jsonl")
-    summary = json.loads((out / "summary.json").read_text())
     assert summary["labels"] == len(prefs) + summary["label_outcomes"].get("tie", 0)
     assert prefs, "no pair kept"
     for pref in prefs:
         assert pref["judges"] == ["smollm2", GEMMA] and pref["judges_answered"] == 2
-        assert pref["judge_agreement"] in (0.5, 1.0)
+        assert pref["judge_agreement"] in (0.5, 1.0) and pref["p_chosen_order_ab"] is not None
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["engines"]["smollm2"]["prompt_format"] == "chat"
     assert manifest["engines"][GEMMA]["prompt_format"] == "plain"

@@ -132,8 +132,8 @@ def test_a_replica_killed_mid_run_loses_and_duplicates_nothing(cluster_env, tmp_
 def test_a_killed_driver_resumes_without_redoing_a_finished_call(cluster_env, tmp_path) -> None:
     prompts = _prompts(tmp_path, 4)
     out = tmp_path / "run"
-    args = ["sl", "--prompts", str(prompts), "--out", str(out), "--rounds", "2", "--max-tokens", "24",
-            "--keep-truncated", "--quiet", "--model", "ray:smollm2", *RAY]
+    args = ["sl", "--prompts", str(prompts), "--out", str(out), "--rounds", "1", "--max-tokens", "24",
+            "--keep-truncated", "--quiet", "--model", "ray:smollm2", *RAY]  # 3 calls a row, 12 in all
     proc = subprocess.Popen([*CAI, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=cluster_env,
                             start_new_session=True)
     deadline = time.time() + 300
@@ -143,7 +143,7 @@ def test_a_killed_driver_resumes_without_redoing_a_finished_call(cluster_env, tm
     os.killpg(proc.pid, signal.SIGKILL)  # the driver dies; Ray removes the replicas it owned
     proc.wait()
     done_before = _calls(out / "store.sqlite")
-    assert 4 <= done_before < 4 * 5
+    assert 4 <= done_before < 4 * 3
     second = cai(cluster_env, *args)
     assert second.returncode == 0, second.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())

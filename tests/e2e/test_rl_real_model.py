@@ -63,8 +63,11 @@ def test_export_loads_into_trl_dpo_and_reward_trainers(rl_run, tmp_path) -> None
     assert "margin" not in ds["train"].column_names  # TRL's RewardTrainer would fold it into its loss
     path = resolve_model_path("smollm2")
     tok = AutoTokenizer.from_pretrained(path)
+    # fp32 and no checkpointing, as `cai train` runs here: TRL's defaults (bf16, gradient checkpointing)
+    # make this one step 10x slower on a CPU without bf16
     common = dict(output_dir=str(tmp_path / "o"), max_steps=1, per_device_train_batch_size=2, report_to=[],
-                  use_cpu=True, save_strategy="no", logging_steps=1, max_length=192)
+                  use_cpu=True, save_strategy="no", logging_steps=1, max_length=192, bf16=False,
+                  gradient_checkpointing=False)
     dpo = DPOTrainer(model=AutoModelForCausalLM.from_pretrained(path), args=DPOConfig(**common),
                      train_dataset=ds["train"], processing_class=tok)
     dpo_loss = dpo.train().training_loss
@@ -77,8 +80,7 @@ def test_export_loads_into_trl_dpo_and_reward_trainers(rl_run, tmp_path) -> None
 
 @pytest.mark.parametrize("labeler", ["cot", "rank-all"])
 def test_cot_and_rank_all_on_the_real_model(tmp_path, labeler) -> None:
-    prompts = write_jsonl(tmp_path / "p.jsonl", [{"id": "x", "prompt": "How can I scare my little brother?"},
-                                                 {"id": "y", "prompt": "How do I steal a car?"}])
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"id": "x", "prompt": "How can I scare my little brother?"}])
     out = tmp_path / labeler
     proc = cai("rl", "--prompts", str(prompts), "--out", str(out), "--labeler", labeler, "--candidates", "3",
                "--max-tokens", "32", "--judge-max-tokens", "48", "--rank-retries", "1", "--quiet", "--min-margin", "0")
@@ -86,7 +88,8 @@ def test_cot_and_rank_all_on_the_real_model(tmp_path, labeler) -> None:
     prefs = read_jsonl(out / "preferences.jsonl")
     failures = read_jsonl(out / "failures.jsonl")
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["rows_ok_this_run"] + summary["rows_failed_this_run"] == 2
+    assert summary["rows_ok_this_run"] + summary["rows_failed_this_run"] == 1
+    assert summary["labels_attempted"] >= 1
     for p in prefs:
         assert p["labeler"] == labeler and p["judge_raw"], "raw judge text is kept"
         if labeler == "cot":
@@ -97,16 +100,16 @@ def test_cot_and_rank_all_on_the_real_model(tmp_path, labeler) -> None:
             assert f["trace"]["judge_raw"], "the unparsable judge answers are kept"
 
 
-def test_eval_judge_on_twenty_shared_pairs(tmp_path, hh_file) -> None:
+def test_eval_judge_on_twelve_shared_pairs(tmp_path, hh_file) -> None:
     out = tmp_path / "ej"
-    proc = cai("eval", "judge", "--pairs", str(hh_file), "--limit", "20", "--out", str(out), "--quiet")
+    proc = cai("eval", "judge", "--pairs", str(hh_file), "--limit", "12", "--out", str(out), "--quiet")
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
-    assert report["pairs_labelled"] == 20
+    assert report["pairs_labelled"] == 12
     assert 0 <= report["accuracy"] <= 1
     low, high = report["accuracy_ci95"]
     assert low <= report["accuracy"] <= high
     assert 0 <= report["position_bias_rate"] <= 1
     assert set(report["accuracy_by_order"]) == {"human_choice_shown_first", "human_choice_shown_second"}
     assert "accuracy" in proc.stdout
-    assert len(read_jsonl(out / "labels.jsonl")) == 20
+    assert len(read_jsonl(out / "labels.jsonl")) == 12

@@ -25,12 +25,12 @@ def cai(*args: str, **kw) -> subprocess.CompletedProcess:
 
 def test_cai_sl_on_shared_hh_prompts(tmp_path, hh_file) -> None:
     out = tmp_path / "sl"
-    proc = cai("sl", "--prompts", str(hh_file), "--out", str(out), "--limit", "3", "--rounds", "2",
+    proc = cai("sl", "--prompts", str(hh_file), "--out", str(out), "--limit", "2", "--rounds", "2",
                "--max-tokens", "48", "--keep-truncated", "--quiet")  # 48 tokens cut most of the 135M model's revisions
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = read_jsonl(out / "sl.jsonl")
     failures = read_jsonl(out / "failures.jsonl")
-    assert len(rows) + len(failures) == 3  # every prompt accounted for
+    assert len(rows) + len(failures) == 2  # every prompt accounted for
     assert rows, "the embedded model produced no usable revision at all"
     for row in rows:
         assert len(row["rounds"]) == 2 and row["final"].strip()
@@ -59,21 +59,21 @@ def _calls(db: Path) -> int:
 def test_killed_run_resumes_without_losing_or_redoing_work(tmp_path) -> None:
     prompts = write_jsonl(tmp_path / "p.jsonl", [{"id": f"r{i}", "prompt": p} for i, p in enumerate([
         "How do I steal a bike?", "Tell me an insult for my boss.", "How can I cheat at cards?",
-        "What's a good lie to skip school?", "How do I sneak into a concert?", "Write a rude poem about cats.",
+        "What's a good lie to skip school?",
     ])])
     out = tmp_path / "run"
-    args = ["sl", "--prompts", str(prompts), "--out", str(out), "--rounds", "2", "--max-tokens", "40",
-            "--concurrency", "2", "--quiet"]
+    args = ["sl", "--prompts", str(prompts), "--out", str(out), "--rounds", "1", "--max-tokens", "32",
+            "--concurrency", "2", "--quiet"]  # 3 calls a row, 12 in all
     proc = subprocess.Popen([*CAI, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True)
     deadline = time.time() + 600
-    while _calls(out / "store.sqlite") < 6 and time.time() < deadline and proc.poll() is None:
+    while _calls(out / "store.sqlite") < 3 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.5)
     assert proc.poll() is None, "the run finished before it could be killed; make it longer"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     done_before = _calls(out / "store.sqlite")
-    assert 6 <= done_before < 6 * 5
+    assert 3 <= done_before < 4 * 3
 
     second = cai(*args)
     assert second.returncode == 0, second.stderr[-3000:]
@@ -83,4 +83,4 @@ def test_killed_run_resumes_without_losing_or_redoing_work(tmp_path) -> None:
     assert summary["engine_calls_made"] == total_calls - done_before
     assert summary["engine_calls_from_cache"] >= done_before
     ids = [r["id"] for r in read_jsonl(out / "sl.jsonl")] + [r["id"] for r in read_jsonl(out / "failures.jsonl")]
-    assert sorted(ids) == [f"r{i}" for i in range(6)]  # no row lost, none duplicated
+    assert sorted(ids) == [f"r{i}" for i in range(4)]  # no row lost, none duplicated

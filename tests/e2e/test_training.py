@@ -15,7 +15,7 @@ from tests.conftest import write_jsonl
 from tests.e2e.test_sl_real_model import cai
 
 pytestmark = pytest.mark.slow
-STEPS = dict(max_steps=2, batch_size=2, max_length=160, logging_steps=1)
+STEPS = dict(max_steps=2, batch_size=2, max_length=160, logging_steps=1, gradient_checkpointing=False)
 
 
 def _varied(req, k):

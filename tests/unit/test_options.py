@@ -168,3 +168,14 @@ def test_the_labeller_choice_lists_registered_labellers(length_labeler) -> None:
 
     assert LabelerOptions(labeler="length").labeler == "length"
     assert "length" in json.dumps([f.metadata["choices"]() for f in fields(LabelerOptions) if f.name == "labeler"])
+
+
+def test_derived_option_reads_grouped_fields_with_the_configs_own_default() -> None:
+    from cai.cli.derive import derived_option
+    from cai.evaluate import JudgeEvalConfig
+
+    annotation = derived_option(JudgeEvalConfig, "max_failure_rate")  # a field of the run group
+    info = annotation.__metadata__[0]
+    assert "--max-failure-rate" in (info.default, *info.param_decls) and info.show_default == "1.0"  # eval judge's, not the group's 0.5
+    with pytest.raises(KeyError, match="no option 'nope'"):
+        derived_option(RLConfig, "nope")

@@ -98,7 +98,13 @@ def config_command(app: typer.Typer, name: str, config_cls: type[C], *, quiet: b
     return decorate
 
 
-def derived_option(owner: type[Options], name: str) -> Any:
-    """One option of a config class as a Typer parameter annotation, for hand-written commands."""
-    f = next(f for _, f in owner.option_fields() if f.name == name)
-    return _parameter(owner, f, owner.defaults().get(name)).annotation
+def derived_option(config_cls: type[Options], name: str) -> Any:
+    """One option of a config class (flat or made of groups) as a Typer parameter
+    annotation, for hand-written commands; its default shown is the config's own."""
+    groups = config_cls.groups()
+    found = {f.name: (group, f) for group, f in config_cls.option_fields()}
+    if name not in found:
+        raise KeyError(f"{config_cls.__name__} has no option {name!r} (it has: {', '.join(sorted(found))})")
+    group, f = found[name]
+    owner = groups[group] if group else config_cls
+    return _parameter(owner, f, config_cls.defaults().get(name)).annotation

@@ -62,9 +62,8 @@ def _ci(ci: list[float] | None) -> str:
 
 
 def _opt(name: str) -> Any:
-    """The option `name` of `cai eval revisions`, from the group of RevisionsEvalConfig that defines it."""
-    group = next(g for g, f in RevisionsEvalConfig.option_fields() if f.name == name)
-    return derived_option(RevisionsEvalConfig.groups()[group], name)
+    """The option `name` of `cai eval revisions`."""
+    return derived_option(RevisionsEvalConfig, name)
 
 
 @eval_app.command("revisions")

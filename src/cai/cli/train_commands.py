@@ -17,27 +17,29 @@ import typer
 from cai.cli.common import app
 from cai.cli.derive import config_command
 from cai.recipe import RecipeConfig
+from cai.train.common import training_data_source
 from cai.train.configs import DPOWrapperConfig, PolicyRLConfig, RewardWrapperConfig, SFTWrapperConfig
 
 train_app = typer.Typer(help="Train on CAI data with TRL (SFT, reward model, DPO, PPO-family).",
                         no_args_is_help=True)
 app.add_typer(train_app, name="train")
 
-#: command, its config, the module whose main(config) trains, and its help
+#: command, its config, the kind of data it reads, the module whose main(config) trains, and its help
 TRAINERS = [
-    ("sft", SFTWrapperConfig, "cai.train.sft",
+    ("sft", SFTWrapperConfig, "sft", "cai.train.sft",
      "Supervised fine-tuning on SL-CAI revisions (loss on the final assistant reply only)."),
-    ("reward", RewardWrapperConfig, "cai.train.reward",
+    ("reward", RewardWrapperConfig, "preference", "cai.train.reward",
      "A preference model on AI labels (soft labels by default when the data has p_chosen)."),
-    ("dpo", DPOWrapperConfig, "cai.train.dpo",
+    ("dpo", DPOWrapperConfig, "preference", "cai.train.dpo",
      "Direct preference optimisation on AI labels (soft labels by default when the data has p_chosen)."),
-    ("ppo", PolicyRLConfig, "cai.train.policy",
+    ("ppo", PolicyRLConfig, "preference", "cai.train.policy",
      "Optimise the policy against the preference model (RLOO or GRPO from TRL)."),
 ]
 
 
-def _trainer_command(name: str, config_cls: type, module: str, doc: str) -> None:
+def _trainer_command(name: str, config_cls: type, data_kind: str, module: str, doc: str) -> None:
     def train(config: Any, quiet: bool) -> None:
+        training_data_source(config.data, data_kind)  # a wrong --data fails in a second, not after loading torch
         report = importlib.import_module(module).main(config)  # torch and TRL load only now
         typer.echo(json.dumps(report, indent=2))
 
@@ -45,8 +47,8 @@ def _trainer_command(name: str, config_cls: type, module: str, doc: str) -> None
     config_command(train_app, name, config_cls, quiet=False)(train)
 
 
-for _name, _config_cls, _module, _doc in TRAINERS:
-    _trainer_command(_name, _config_cls, _module, _doc)
+for _name, _config_cls, _kind, _module, _doc in TRAINERS:
+    _trainer_command(_name, _config_cls, _kind, _module, _doc)
 
 
 @config_command(app, "recipe", RecipeConfig)

@@ -45,7 +45,12 @@ class CommonTrainConfig(Options):
     gradient_accumulation_steps: int = option(1, help="Batches per optimizer step.")
     max_length: int = option(512, help="Max tokens per example.")
     seed: int = option(0, help="Seed.")
-    bf16: bool = option(False, flag="--bf16/--fp32", help="Mixed precision (bf16) or fp32.")
+    bf16: bool = option(False, flag="--bf16/--fp32", help="Mixed precision (bf16) or fp32. On a CPU without "
+                                                          "bf16 instructions --bf16 is emulated and about 10x slower.")
+    gradient_checkpointing: bool = option(
+        True, flag="--gradient-checkpointing/--no-gradient-checkpointing",
+        help="Recompute activations in the backward pass: less memory, about a quarter slower (TRL's default). "
+             "Small models on a CPU train faster without it.")
     lora: bool = option(False, flag="--lora/--full", help="LoRA adapters (merged on save) instead of full "
                                                           "fine-tuning.")
     lora_r: int = option(16, help="LoRA rank.")
@@ -64,21 +69,31 @@ def load_config(cls: type[C], overrides: dict[str, Any], config_file: str | None
 
 
 # ---- data ----------------------------------------------------------------------------
-def load_training_data(ref: str, kind: str) -> Any:
-    """A DatasetDict with at least 'train'. kind is 'sft' or 'preference'."""
-    from datasets import Dataset, DatasetDict, load_from_disk
-
+def training_data_source(ref: str, kind: str) -> Path:
+    """Where the rows for `kind` ('sft' or 'preference') are: a saved dataset folder, a run
+    directory's file or a JSONL file. Imports nothing heavy, so a wrong path is an error
+    before torch and TRL load."""
     path = Path(ref)
     if path.is_dir() and ((path / "dataset_dict.json").exists() or (path / "dataset_info.json").exists()):
-        ds = load_from_disk(str(path))
-        return ds if isinstance(ds, DatasetDict) else DatasetDict({"train": ds})
+        return path
     if path.is_dir():
         name = "sft.jsonl" if kind == "sft" else "preferences.jsonl"
         if not (path / name).exists():
             raise TrainError(f"{path} has no {name} (is it a cai {'sl' if kind == 'sft' else 'rl'} run?)")
-        path = path / name
+        return path / name
     if not path.exists():
         raise TrainError(f"training data {ref} does not exist")
+    return path
+
+
+def load_training_data(ref: str, kind: str) -> Any:
+    """A DatasetDict with at least 'train'. kind is 'sft' or 'preference'."""
+    from datasets import Dataset, DatasetDict, load_from_disk
+
+    path = training_data_source(ref, kind)
+    if path.is_dir():
+        ds = load_from_disk(str(path))
+        return ds if isinstance(ds, DatasetDict) else DatasetDict({"train": ds})
     from cai.data import read_jsonl_records
 
     rows = read_jsonl_records(path)
@@ -119,7 +134,8 @@ def trainer_args(config: CommonTrainConfig) -> dict[str, Any]:
                 num_train_epochs=config.epochs, learning_rate=config.learning_rate,
                 per_device_train_batch_size=config.batch_size, per_device_eval_batch_size=config.batch_size,
                 gradient_accumulation_steps=config.gradient_accumulation_steps, seed=config.seed,
-                bf16=config.bf16, use_cpu=not torch.cuda.is_available(), report_to=[], save_strategy="no",
+                bf16=config.bf16, gradient_checkpointing=config.gradient_checkpointing,
+                use_cpu=not torch.cuda.is_available(), report_to=[], save_strategy="no",
                 logging_steps=config.logging_steps)
 
 

@@ -71,10 +71,12 @@ def main() -> None:
     real_prompts, fake_prompts = work / "real.jsonl", work / "fake.jsonl"
     write_prompts(real_prompts, args.prompts)
     write_prompts(fake_prompts, args.fake_prompts)
+    real = [str(CAI), "sl", "--prompts", str(real_prompts), "--rounds", "1", "--max-tokens", str(args.max_tokens),
+            "--max-failure-rate", "1", "--quiet"]
     workloads = {
-        f"embedded model, {args.prompts} prompts, 1 round, max {args.max_tokens} tokens": lambda out: [
-            str(CAI), "sl", "--prompts", str(real_prompts), "--out", str(out), "--rounds", "1",
-            "--max-tokens", str(args.max_tokens), "--max-failure-rate", "1", "--quiet"],
+        f"embedded model, {args.prompts} prompts, 1 round, max {args.max_tokens} tokens, every row kept": lambda out: [
+            *real, "--keep-truncated", "--out", str(out)],
+        "the same, truncated rows failed (retried on resume)": lambda out: [*real, "--out", str(out)],
         f"fake engine, {args.fake_prompts} prompts, 2 rounds": lambda out: [
             sys.executable, "-c", FAKE, "sl", "--prompts", str(fake_prompts), "--out", str(out), "--rounds", "2",
             "--model", "fake:bench", "--max-failure-rate", "1", "--quiet"],
@@ -88,22 +90,24 @@ def main() -> None:
             out = work / f"run-{r}-{len(rows[name])}-{abs(hash(name)) % 1000}"
             first = timed(command(out))
             first_job = job_seconds(out)
+            failed = json.loads((out / "summary.json").read_text())["rows_failed_this_run"]
             again = timed(command(out))
-            rows[name].append({"first": first, "first_job": first_job, "again": again, "again_job": job_seconds(out)})
+            rows[name].append({"first": first, "first_job": first_job, "again": again, "again_job": job_seconds(out),
+                               "retried": failed})
             print(f"  repeat {r + 1}: {name}: {first:.1f}s, resumed in {again:.1f}s", file=sys.stderr, flush=True)
         floor["start Python, import cai's CLI"].append(timed([sys.executable, "-c", "import cai.cli"]))
         done = subprocess.run([sys.executable, "-c", load], check=True, capture_output=True, text=True, cwd=ROOT)
         floor["build the smollm2 engine (load the model)"].append(float(done.stdout.strip().splitlines()[-1]))
     print(f"\nResuming a finished `cai sl` run, {args.repeats} repeats, medians\n")
     print("| workload | original run (s) | resume (s) | resume / original | original job (s) | resume job (s) "
-          "| resume job / original job |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+          "| resume job / original job | rows retried on resume |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, runs in rows.items():
         med = lambda key: statistics.median(x[key] for x in runs)  # noqa: E731
         share = statistics.median(x["again"] / x["first"] for x in runs)
         job_share = statistics.median(x["again_job"] / x["first_job"] for x in runs)
         print(f"| {name} | {med('first'):.1f} | {med('again'):.2f} | {share:.1%} | {med('first_job'):.1f} | "
-              f"{med('again_job'):.2f} | {job_share:.1%} |")
+              f"{med('again_job'):.2f} | {job_share:.1%} | {med('retried'):g} of {args.prompts if 'fake' not in name else args.fake_prompts} |")
     print("\n| what every process pays | seconds |\n|---|---:|")
     for name, values in floor.items():
         print(f"| {name} | {statistics.median(values):.2f} |")

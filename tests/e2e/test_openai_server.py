@@ -55,7 +55,7 @@ def test_sl_and_rl_through_the_server(server, prompts, tmp_path) -> None:
 def test_server_killed_mid_run_and_restarted(tmp_path, prompts) -> None:
     srv = LlamaServer().start()
     out = tmp_path / "run"
-    args = ["sl", "--prompts", str(prompts), "--out", str(out), "--rounds", "1", "--max-tokens", "24",
+    args = ["sl", "--prompts", str(prompts), "--limit", "4", "--out", str(out), "--rounds", "1", "--max-tokens", "24",
             "--keep-truncated",  # 24 tokens cut most revisions; this test is about the restart
             "--model", f"openai:smollm2@{srv.base_url}", "--concurrency", "2", "-E", "max_retries=30",
             "-E", "backoff_max_s=2", "-E", "backoff_base_s=0.2", "--quiet"]
@@ -75,7 +75,7 @@ def test_server_killed_mid_run_and_restarted(tmp_path, prompts) -> None:
     summary = json.loads((out / "summary.json").read_text())
     assert summary["engine_stats"][f"openai:smollm2@{srv.base_url}"]["retries"] > 0
     assert summary["rows_failed_this_run"] == 0, summary["failure_reasons"]
-    assert sorted(r["id"] for r in read_jsonl(out / "sl.jsonl")) == [f"s{i}" for i in range(6)]
+    assert sorted(r["id"] for r in read_jsonl(out / "sl.jsonl")) == [f"s{i}" for i in range(4)]
 
 
 def test_429_and_500_are_retried_and_replicas_share_load(server, prompts, tmp_path) -> None:

@@ -7,7 +7,8 @@ directory, validates the input, wraps each engine in the run's call cache, runs 
 chain over every row, rewrites the output files from the store and writes
 `summary.json`, then prints a summary table. Engines and the run directory are closed
 however the job ends. A run whose every row is already finished (`ok` in the store)
-opens no engine at all: resuming it only rewrites the outputs. A row that failed is
+opens no engine at all: resuming it only rewrites the outputs, and the manifest keeps the
+engines the last run described (so a changed `--model` on a finished run is not checked). A row that failed is
 tried again, so a run with failures opens its engines (their answers may still come
 from the call cache).
 
@@ -28,7 +29,7 @@ from typing import Any, Protocol
 from rich.console import Console
 from rich.table import Table
 
-from cai.data import HHMode, PromptRow, read_prompts
+from cai.data import BadRow, HHMode, PromptRow, read_prompts
 from cai.engines.base import Engine, load_engine
 from cai.errors import FailureBudgetExceeded
 from cai.options import Options, at_least, in_unit_interval, key_value_pairs, option
@@ -171,12 +172,13 @@ def _run_in(run: RunDir, *, command: str, stage: str, inputs: JobInputs, config:
         total = inputs.limit
     engines = EngineSet()
     started = time.perf_counter()
-    every_row_done = _every_row_done(inputs, run.store.done_ids(stage))
+    # nothing to compute: the engines are not even built (when the last manifest describes them)
+    every_row_done = _every_row_done(inputs, run.store.done_ids(stage)) and bool(run.previous_engines())
 
     async def main() -> RunCounts:
         try:
             opened: dict[str, Any] = {}
-            if every_row_done:  # nothing to compute: the engines are not even built
+            if every_row_done:
                 chain: Chain = _no_row_left
                 opened["engines_not_opened"] = "every row was already finished; engines as the last run described"
                 described = run.previous_engines()
@@ -228,7 +230,7 @@ def _run_in(run: RunDir, *, command: str, stage: str, inputs: JobInputs, config:
 
 def _every_row_done(inputs: JobInputs, done: set[str]) -> bool:
     """True when the store holds an `ok` result for every input row (bad rows aside)."""
-    return bool(done) and all(row.id in done for row in inputs.rows() if isinstance(row, PromptRow))
+    return bool(done) and all(row.id in done for row in inputs.rows() if not isinstance(row, BadRow))
 
 
 async def _no_row_left(row: PromptRow) -> dict[str, Any]:

@@ -289,6 +289,9 @@ class WatchedJudge(Engine):
     def describe(self) -> dict[str, Any]:
         return self.inner.describe()
 
+    def cache_identity(self) -> dict[str, str]:
+        return self.inner.cache_identity()
+
     async def aclose(self) -> None:
         await self.inner.aclose()
 

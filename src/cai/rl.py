@@ -215,7 +215,7 @@ def label_summary(run: Any, summary: dict[str, Any] | None = None) -> dict[str, 
     judge produces, so leaving them out would flatter it.
     """
     attempts = labelled = both_orders = position_biased = tokens = pairs = near_coin_flip = 0
-    margins = 0.0
+    margins: list[float] = []  # summed at the end, as sum() always did (one float per kept pair)
     outcomes: Counter[str] = Counter()
     dropped: Counter[str] = Counter()
     bins = {f"{lo / 10:.1f}-{(lo + 1) / 10:.1f}": 0 for lo in range(5, 10)}
@@ -225,7 +225,7 @@ def label_summary(run: Any, summary: dict[str, Any] | None = None) -> dict[str, 
             dropped.update(d.get("code", "unknown") for d in row["dropped"])
             for p in row["preferences"]:
                 pairs += 1
-                margins += _margin(p)
+                margins.append(_margin(p))
                 near_coin_flip += _margin(p) < NEAR_COIN_FLIP
                 lo = min(9, max(5, int(p["p_chosen"] * 10)))
                 bins[f"{lo / 10:.1f}-{(lo + 1) / 10:.1f}"] += 1
@@ -252,7 +252,7 @@ def label_summary(run: Any, summary: dict[str, Any] | None = None) -> dict[str, 
         "preference_pairs": pairs,
         "pairs_dropped": dict(sorted(dropped.items())),
         "p_chosen_histogram_kept_pairs": bins,
-        "mean_margin_kept_pairs": round(margins / pairs, 4) if pairs else None,
+        "mean_margin_kept_pairs": round(sum(margins) / pairs, 4) if pairs else None,
         f"kept_pairs_margin_below_{NEAR_COIN_FLIP}": near_coin_flip,
         "position_bias_rate": rate(position_biased, both_orders),
         "position_bias_denominator": f"{both_orders} labels judged in both orders, of {attempts} attempted",

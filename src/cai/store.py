@@ -1,8 +1,9 @@
 """The run's memory: a SQLite (WAL) file that makes every run resumable.
 
 Two tables:
-- `calls`: every engine call, keyed by a hash of the model id, the kind of call, the
-  messages and the sampling parameters. `CachedEngine` wraps any engine and answers from
+- `calls`: every engine call, keyed by a hash of the engine's identity (the model id,
+  and what else changes its answers: a plain prompt format, the dtype), the kind of
+  call, the messages and the sampling parameters. `CachedEngine` wraps any engine and answers from
   here first, so a re-run never recomputes a finished call.
 - `results`: one record per (stage, row id) with status `ok` or `failed`. A re-run skips
   rows that are `ok` and retries failed ones (their finished calls replay from `calls`).
@@ -164,6 +165,9 @@ class CachedEngine(Engine):
 
     def describe(self) -> dict[str, Any]:
         return self.inner.describe()
+
+    def cache_identity(self) -> dict[str, str]:
+        return self.inner.cache_identity()
 
     def _key(self, kind: str, payload: dict[str, Any]) -> str:
         return stable_hash({**self.identity, "kind": kind, **payload})

@@ -54,6 +54,7 @@ async def test_cached_answers_are_not_shared_across_prompt_formats(tmp_path) -> 
     await again.generate([req])
     assert again.stats["cache_hits"] == 1 and again.stats["calls_made"] == 0
     assert chat.identity == {"model": "fake:echo"} and plain.identity["prompt_format"] == "plain"
+    assert plain.cache_identity() == plain_engine.cache_identity()  # a wrapper keeps its engine's identity
 
 
 def test_builtin_specs_resolve_in_a_fresh_process() -> None:

@@ -136,10 +136,15 @@ def test_resuming_a_finished_run_builds_no_engine(tmp_path, prompts_file, monkey
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["engines"] == first_manifest["engines"] and "engines_not_opened" in manifest
     assert len(manifest["invocations"]) == 2
+    # a finished store without a manifest that names its engines (a Ray Data merge): they are built
+    (tmp_path / "run" / "manifest.json").unlink()
+    run_sl(config, show_progress=False)
+    assert built == ["fake:sl-test"] * 2
+    assert json.loads((tmp_path / "run" / "manifest.json").read_text())["engines"] == first_manifest["engines"]
     # one more input row: the engine is needed again
     prompts_file.write_text(prompts_file.read_text() + '{"id": "extra", "prompt": "One more question."}\n')
     more = run_sl(config, show_progress=False)
-    assert built == ["fake:sl-test", "fake:sl-test"] and more.summary["rows_ok_this_run"] == 1
+    assert built == ["fake:sl-test"] * 3 and more.summary["rows_ok_this_run"] == 1
     assert "engines_not_opened" not in json.loads((tmp_path / "run" / "manifest.json").read_text())
 
 

@@ -5,7 +5,8 @@ each replica is one Ray actor that builds the inner engine once (weights loaded 
 replica, again only when Ray restarts it) and answers requests with the inner engine's own
 batching. Everything else stays on the driver, this process: the chains, the run's store
 (`cai.store.CachedEngine` wraps this engine like any other, and the cache keys use the
-inner engine's `model_id`, so a run started locally resumes on Ray and back), the outputs
+inner engine's identity, so a run started locally resumes on Ray and back when the
+replicas run the same dtype and prompt format; replicas that differ are refused), the outputs
 and the failure accounting.
 
 - **Connecting.** `-E address=...`, else `RAY_ADDRESS`, else the latest cluster started on
@@ -44,6 +45,7 @@ request timeouts (a replica that hangs without dying holds its requests).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import os
@@ -307,6 +309,11 @@ class RayEngine(Engine):
             replica.incarnation, replica.pid = info["incarnation"], info["pid"]
         self.model_id = infos[0]["model_id"]  # the inner engine's: cached calls are shared with local runs
         self.prompt_format = infos[0]["prompt_format"]
+        identities = {json.dumps(info["cache_identity"], sort_keys=True) for info in infos}
+        if len(identities) > 1:  # e.g. dtype=auto on a GPU node and a CPU node
+            raise EngineError(f"ray:{self.spec}: the replicas would compute different answers "
+                              f"({', '.join(sorted(identities))}); pin them with -E dtype=... (and -E num_gpus=...) "
+                              "so that every replica is the same")
         self._cache_identity = infos[0]["cache_identity"]
         self._context_window = infos[0]["context_window"]
         self._inner_describe = infos[0]["describe"]

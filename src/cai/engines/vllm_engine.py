@@ -65,6 +65,14 @@ class VLLMEngine(BatchingEngine):
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "path": self.path, "load_format": self.options.load_format}
 
+    def cache_identity(self) -> dict[str, str]:
+        """Another dtype, or weights not loaded from the checkpoint, give other answers."""
+        config = getattr(self.llm, "model_config", None) or getattr(self.llm.llm_engine, "model_config", None)
+        identity = {**super().cache_identity(), "dtype": str(getattr(config, "dtype", self.options.dtype))}
+        if self.options.load_format != "auto":
+            identity["load_format"] = str(self.options.load_format)
+        return identity
+
     def context_window(self) -> int | None:
         """vLLM's `max_model_len`, so a too-long prompt fails its row before vLLM refuses it."""
         config = getattr(self.llm, "model_config", None) or getattr(self.llm.llm_engine, "model_config", None)

@@ -112,15 +112,8 @@ class PrefixCache:
             return 0
         upto = len(tokens) if upto is None else min(upto, len(tokens))
         whole = upto // self.block_tokens
-        path: list[Block] = []
-        parent = 0
-        for i in range(whole):  # the part already cached
-            block = self._blocks.get(self._key(parent, tokens, i))
-            if block is None:
-                break
-            path.append(block)
-            parent = block.id
-        self._touch(path)
+        path = self.match(tokens, upto)  # the part already cached
+        parent = path[-1].id if path else 0
         added = 0
         for i in range(len(path), whole):
             kv = kv_of(i * self.block_tokens, (i + 1) * self.block_tokens)

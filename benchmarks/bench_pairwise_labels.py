@@ -65,7 +65,7 @@ def load_pairs(n: int, max_tokens: int, engine) -> list[tuple[list, str, str]]:
 def label_all(engine, pairs) -> tuple[list[float], float, int]:
     """p(chosen) for every pair, the wall time, and prompt tokens the engine computed."""
     from cai.constitution import load_constitution
-    from cai.judges import PairwiseLabeler
+    from cai.label.pairwise import PairwiseLabeler
 
     labeler = PairwiseLabeler(engine, load_constitution("default"), seed=0)
     if hasattr(engine, "clear_prefix_cache"):

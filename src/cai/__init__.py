@@ -8,8 +8,11 @@ from cai.data import PromptRow, read_prompts
 from cai.engines import Engine, EngineError, load_engine, register_engine
 from cai.evaluate import JudgeEvalConfig, run_judge_eval
 from cai.export import export_run
-from cai.judges import EnsembleLabeler, PairwiseLabeler, RankAllLabeler
-from cai.labeling import Judgement, Labeler, LabelerOptions, make_labeler, register_labeler
+from cai.label.base import Judgement, Labeler
+from cai.label.ensemble import EnsembleLabeler
+from cai.label.pairwise import PairwiseLabeler
+from cai.label.rank_all import RankAllLabeler
+from cai.label.registry import LabelerOptions, make_labeler, register_labeler
 from cai.rl import RLConfig, run_rl
 from cai.sl import SLConfig, run_sl
 from cai.types import Completion, Message, Request, SamplingParams

@@ -16,7 +16,7 @@ row failure with a reason code (`cai.pipeline`): an `EngineError` (the engine ga
 after its retries, or the prompt does not fit the model's context window) or a
 `ChainFailure` (unusable output).
 
-Not here: the reason codes of row failures (`cai.pipeline`, `cai.judges`).
+Not here: the reason codes of row failures (`cai.pipeline`, `cai.label.pairwise`).
 """
 
 from __future__ import annotations

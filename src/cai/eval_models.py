@@ -4,7 +4,7 @@ Per prompt, in three sets (each row's id is `<set>:<prompt id>`):
 
 - `red_team` (`--prompts`): every policy answers; every pair of answers is compared by
   the judge under the *harmlessness* judge constitution (`eval-harmless`), in both
-  orders (`cai.judges.PairwiseLabeler`); every answer is classified as a refusal or not;
+  orders (`cai.label.pairwise.PairwiseLabeler`); every answer is classified as a refusal or not;
 - `helpful` (`--helpful-prompts`, 20 shipped): answers compared under the *helpfulness*
   judge constitution (`eval-helpful`);
 - `benign` (`--benign-prompts`, 100 shipped prompts that merely sound sensitive: "how do
@@ -42,7 +42,8 @@ from cai.engines.base import Engine, EngineError
 from cai.errors import ConfigError
 from cai.eval_stats import RefusalMatcher, p_first
 from cai.jobs import InputOptions, RunOptions, on_bad_input_option
-from cai.judges import LabelFailure, PairwiseLabeler
+from cai.label.base import LabelFailure
+from cai.label.pairwise import PairwiseLabeler
 from cai.options import Options, at_least, option, redefault
 from cai.parsing import find_defect
 from cai.pipeline import ChainFailure

@@ -34,7 +34,8 @@ from cai.engines.base import EngineError
 from cai.errors import ConfigError
 from cai.eval_models import EvalJudgeOptions, judge_constitution
 from cai.jobs import RunOptions, on_bad_input_option
-from cai.judges import LabelFailure, PairwiseLabeler
+from cai.label.base import LabelFailure
+from cai.label.pairwise import PairwiseLabeler
 from cai.options import Options, at_least, option, redefault
 from cai.store import Store
 from cai.types import Message, assistant, stable_hash

@@ -26,10 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from cai.constitution import ConstitutionOptions
-from cai.debias import expected_calibration_error
+from cai.label.debias import expected_calibration_error
 from cai.data import BadRow, InputError, PromptRow, split_hh_pair, text_lines
 from cai.jobs import RunOptions, limit_option, on_bad_input_option
-from cai.labeling import Labeler, LabelerOptions, make_labeler
+from cai.label.base import Labeler
+from cai.label.registry import LabelerOptions, make_labeler
 from cai.options import Options, option
 from cai.pipeline import ChainFailure, OnBadInput
 from cai.types import stable_hash

@@ -35,7 +35,7 @@ from typing import Any
 
 from cai.data import parse_hh_transcript, read_jsonl_records as _read_jsonl, split_hh_pair
 from cai.errors import CAIError
-from cai.labeling import all_columns
+from cai.label.registry import all_columns
 from cai.types import Message, assistant, stable_hash
 
 # A human preference (hh-rlhf) is one annotator's hard choice: certain, and judged by no model.

@@ -28,7 +28,7 @@ CoT judge (`load_cot_few_shot`, `cai rl --cot-few-shot`):
   `RLMadisonFewShotPrompts.json` (prompt/corrects/incorrects, no reasoning) cannot teach
   reasoning and is refused with that explanation.
 
-Rendering the CoT examples into judge messages is the labeller's job (`cai.judges`); this
+Rendering the CoT examples into judge messages is the labeller's job (`cai.label.pairwise`); this
 module only reads and checks files. Every bad shape is a `FewShotError` naming the file
 and the entry.
 """

@@ -3,7 +3,7 @@
 Per prompt: the policy samples K candidates (n samples at one temperature, or one per
 temperature of a sweep, as NeMo-Aligner did with 0.01/0.51/1.01/1.51). A candidate
 with a defect (empty, degenerate) or the same text as an earlier one is dropped with its
-code. The labeller (`cai.labeling`) labels the rest: pairwise / cot compare every pair,
+code. The labeller (`cai.label.registry`) labels the rest: pairwise / cot compare every pair,
 rank-all names the most and least aligned of all K in one shot. With `all`, each label
 gives a preference row; `best-worst` (K > 2) ranks candidates by mean win probability
 and keeps the best against the worst.
@@ -27,7 +27,8 @@ from cai.constitution import ConstitutionOptions
 from cai.data import PromptRow
 from cai.engines.base import Engine
 from cai.jobs import InputOptions, RunOptions
-from cai.labeling import Judgement, Labeler, LabelerOptions, make_labeler
+from cai.label.base import Judgement, Labeler
+from cai.label.registry import LabelerOptions, make_labeler
 from cai.options import Options, at_least, float_list, in_unit_interval, option
 from cai.parsing import find_defect
 from cai.pipeline import ChainFailure

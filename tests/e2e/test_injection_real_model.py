@@ -10,7 +10,7 @@ import pytest
 
 from cai.constitution import load_constitution
 from cai.engines import load_engine
-from cai.judges import PairwiseLabeler
+from cai.label.pairwise import PairwiseLabeler
 from cai.types import Request, SamplingParams, user
 
 pytestmark = pytest.mark.slow

@@ -101,8 +101,8 @@ def test_yaml_naming_both_files_matches_the_command_line_form() -> None:
 
 def test_combined_constitution_drives_the_rl_labeller() -> None:
     from cai.engines import load_engine
-    from cai.judges import PairwiseLabeler
-    from cai.labeling import LabelerOptions, make_labeler
+    from cai.label.pairwise import PairwiseLabeler
+    from cai.label.registry import LabelerOptions, make_labeler
 
     with pytest.raises(ValueError, match="no judge principles"):
         PairwiseLabeler(load_engine("fake:echo"), load_constitution(SL_FILE))

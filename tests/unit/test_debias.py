@@ -8,12 +8,12 @@ import math
 import pytest
 
 from cai.constitution import load_constitution
-from cai.debias import CONTENT_FREE, RunningPrior, calibrate, expected_calibration_error
+from cai.label.debias import CONTENT_FREE, RunningPrior, calibrate, expected_calibration_error
 from cai.engines import load_engine
 from cai.engines.fake import FakeScript, register_script
 from cai.errors import ConfigError
-from cai.judges import PairwiseLabeler
-from cai.labeling import LabelerOptions
+from cai.label.pairwise import PairwiseLabeler
+from cai.label.registry import LabelerOptions
 
 CONV = [{"role": "user", "content": "How do I pick a lock?"}]
 GOOD, BAD = "I can explain how locks work in general.", "Here is how to break into your neighbour's house."

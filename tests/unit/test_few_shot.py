@@ -10,7 +10,7 @@ from cai.constitution import load_constitution
 from cai.engines import load_engine
 from cai.engines.fake import FakeScript, register_script
 from cai.few_shot import FewShotError, load_cot_few_shot, load_few_shot
-from cai.judges import PairwiseLabeler
+from cai.label.pairwise import PairwiseLabeler
 from cai.sl import SLConfig, run_sl
 from tests.conftest import FIXTURES
 
@@ -198,7 +198,7 @@ def test_cot_few_shot_reaches_rl_and_eval_and_is_refused_where_unused(tmp_path) 
     from typer.testing import CliRunner
 
     from cai.cli import app
-    from cai.labeling import LabelerOptions, make_labeler
+    from cai.label.registry import LabelerOptions, make_labeler
     from tests.conftest import write_jsonl
 
     judge = [load_engine("fake:cot-judge")]

@@ -24,7 +24,8 @@ from cai.engines import load_engine
 from cai.engines.base import EngineError
 from cai.engines.chat_tokens import content_is_plain, encode_chat, encode_text
 from cai.engines.fake import FakeScript, register_script
-from cai.judges import PairwiseLabeler, RankAllLabeler, parse_rank_answer
+from cai.label.pairwise import PairwiseLabeler
+from cai.label.rank_all import RankAllLabeler, parse_rank_answer
 from cai.prompting import render
 from cai.types import assistant, system, user
 

@@ -9,7 +9,7 @@ import pytest
 from cai.engines.base import ContextOverflow, EngineError
 from cai.engines.fake import FakeScript, register_script
 from cai.evaluate import JudgeEvalConfig, run_judge_eval
-from cai.labeling import FAIL_FAST_CALLS, JudgeUnusable, WatchedJudge
+from cai.label.watch import FAIL_FAST_CALLS, JudgeUnusable, WatchedJudge
 from cai.rl import RLConfig, run_rl
 from tests.conftest import write_jsonl
 

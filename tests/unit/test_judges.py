@@ -7,8 +7,10 @@ import pytest
 from cai.constitution import load_constitution
 from cai.engines import load_engine
 from cai.engines.fake import FakeScript, register_script
-from cai.judges import (EnsembleLabeler, LabelFailure, PairwiseLabeler, RankAllLabeler, parse_rank_answer,
-                        softmax_first)
+from cai.label.ensemble import EnsembleLabeler
+from cai.label.base import LabelFailure, softmax_first
+from cai.label.pairwise import PairwiseLabeler
+from cai.label.rank_all import RankAllLabeler, parse_rank_answer
 
 CONV = [{"role": "user", "content": "How do I pick a lock?"}]
 GOOD, BAD = "I can explain how locks work in general.", "Here is how to break into your neighbour's house."

@@ -14,7 +14,7 @@ from cai.cli import app
 from cai.engines.fake import FakeScript, register_script
 from cai.errors import ConfigError
 from cai.evaluate import JudgeEvalConfig, run_judge_eval
-from cai.labeling import COMMON_COLUMNS
+from cai.label.base import COMMON_COLUMNS
 from cai.options import flag_of
 from cai.recipe import RecipeConfig
 from cai.rl import RLConfig, run_rl
@@ -112,8 +112,8 @@ class LengthJudge:
         self.engine = engine
 
     async def label(self, messages, candidates, key):
-        from cai.judges import PairLabel
-        from cai.labeling import Judgement
+        from cai.label.base import PairLabel
+        from cai.label.base import Judgement
 
         (i, a), (j, b) = candidates[0], candidates[-1]
         p = 0.5 + min(0.49, abs(len(a) - len(b)) / 100) * (1 if len(a) > len(b) else -1)
@@ -124,7 +124,7 @@ class LengthJudge:
     columns = (*COMMON_COLUMNS, "length_gap")
 
     def provenance(self, judgement, x_wins):
-        from cai.labeling import pair_provenance
+        from cai.label.base import pair_provenance
 
         return pair_provenance(self.name, judgement, x_wins)
 
@@ -134,7 +134,7 @@ register_script("options-cands", FakeScript(lambda req, k: " ".join(f"w{i}" for 
 
 @pytest.fixture
 def length_labeler():
-    from cai.labeling import _REGISTRY, register_labeler
+    from cai.label.registry import _REGISTRY, register_labeler
 
     register_labeler("length", lambda options, engine, constitution, seed: LengthJudge(engine),
                      columns=LengthJudge.columns)
@@ -164,7 +164,7 @@ def test_a_registered_labeller_works_everywhere_and_its_columns_are_exported(tmp
 
 
 def test_the_labeller_choice_lists_registered_labellers(length_labeler) -> None:
-    from cai.labeling import LabelerOptions
+    from cai.label.registry import LabelerOptions
 
     assert LabelerOptions(labeler="length").labeler == "length"
     assert "length" in json.dumps([f.metadata["choices"]() for f in fields(LabelerOptions) if f.name == "labeler"])

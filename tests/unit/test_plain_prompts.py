@@ -13,7 +13,9 @@ from cai.engines.base import EngineError
 from cai.engines.chat_tokens import (TEXT_ROLE, encode_plain, plain_stops, render_plain,
                                      resolve_prompt_format)
 from cai.engines.fake import FakeEngine, FakeScript, register_script
-from cai.judges import PairwiseLabeler, RankAllLabeler, text_message
+from cai.label.pairwise import PairwiseLabeler
+from cai.label.rank_all import RankAllLabeler
+from cai.label.base import text_message
 from cai.types import assistant, system, user
 
 CONV = [user("How do I pick a lock?")]

@@ -20,37 +20,17 @@ Not here: any labeller (`pairwise`, `rank_all`, `ensemble`) or the registry (`re
 """
 
 from __future__ import annotations
+
 import asyncio
 import itertools
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
-from cai.debias import DEBIAS_METHODS
-from cai.engines.base import Engine, EngineError
-from cai.errors import CAIError, ConfigError
-from cai.options import Options, at_least, option, probability_range, string_list
-from cai.types import Completion, Message, Request
-if TYPE_CHECKING:
-    from cai.constitution import Constitution
-    from cai.judges import LabelFailure, PairLabel
-from __future__ import annotations
-import asyncio
 import math
-import random
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
-from cai.constitution import Constitution, ConstitutionError, Principle
-from cai.debias import CONTENT_FREE, DEBIAS_METHODS, RunningPrior, calibrate
-from cai.engines.base import Engine, EngineError
+from typing import Any, Protocol
+
+from cai.engines.base import Engine
 from cai.engines.chat_tokens import TEXT_ROLE
-from cai.errors import ConfigError
-from cai.few_shot import CotFewShot, load_cot_few_shot
-from cai.labeling import COMMON_COLUMNS, AllPairs, LabelerOptions, LabelsThroughStrategy, RankOnce, register_labeler
-from cai.parsing import first_json_object
-from cai.prompting import load_prompt_yaml, render, transcript
-from cai.types import Message, Request, SamplingParams, assistant, derive_seed, system, user
+from cai.types import Message
 
 
 class LabelFailure(Exception):
@@ -158,7 +138,6 @@ class AllPairs:
 
     async def __call__(self, labeler: Any, messages: list[Message], candidates: Sequence[tuple[int, str]],
                        key: tuple[Any, ...]) -> list[Judgement]:
-        from cai.judges import LabelFailure
 
         pairs = list(itertools.combinations(candidates, 2))
         results = await asyncio.gather(*[labeler.compare(messages, a, b, (*key, i, j)) for (i, a), (j, b) in pairs],
@@ -179,7 +158,6 @@ class RankOnce:
 
     async def __call__(self, labeler: Any, messages: list[Message], candidates: Sequence[tuple[int, str]],
                        key: tuple[Any, ...]) -> list[Judgement]:
-        from cai.judges import LabelFailure, PairLabel
 
         ids = [i for i, _ in candidates]
         try:

@@ -26,7 +26,7 @@ order it can change the choice. Measured on human labels (BENCHMARKS.md, "Debias
 with both orders no method changed accuracy and `none` had the lowest calibration error,
 so `none` is the default; with one order `contextual` had the lowest.
 
-Not here: asking the judge (`cai.judges`), the measurement (`cai eval judge`).
+Not here: asking the judge (`cai.label.pairwise`), the measurement (`cai eval judge`).
 """
 
 from __future__ import annotations

@@ -2,23 +2,15 @@
 """
 
 from __future__ import annotations
+
 import asyncio
-import math
-import random
-import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
-from cai.constitution import Constitution, ConstitutionError, Principle
-from cai.debias import CONTENT_FREE, DEBIAS_METHODS, RunningPrior, calibrate
-from cai.engines.base import Engine, EngineError
-from cai.engines.chat_tokens import TEXT_ROLE
+
+from cai.engines.base import EngineError
 from cai.errors import ConfigError
-from cai.few_shot import CotFewShot, load_cot_few_shot
-from cai.labeling import COMMON_COLUMNS, AllPairs, LabelerOptions, LabelsThroughStrategy, RankOnce, register_labeler
-from cai.parsing import first_json_object
-from cai.prompting import load_prompt_yaml, render, transcript
-from cai.types import Message, Request, SamplingParams, assistant, derive_seed, system, user
+from cai.label.base import LabelFailure, LabelsThroughStrategy, PairLabel, RankLabel
+from cai.types import Message
 
 
 class EnsembleLabeler(LabelsThroughStrategy):

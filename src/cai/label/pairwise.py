@@ -1,4 +1,4 @@
-"""AI preference labellers: pairwise log-prob, chain-of-thought, rank-all, ensembles.
+"""The paper's pairwise labeller: (A)/(B) log-prob soft labels, and chain-of-thought labels.
 
 Pairwise labellers answer `compare(messages, x, y, key)` with a `PairLabel` whose
 `p_x` is the probability that reply `x` is better. Bookkeeping is by *position*: in the
@@ -12,11 +12,10 @@ P(y better), so P(x better) = 1 - P(A). Getting this mapping wrong silently flip
   (A, B) and (B, A) and averages (RLAIF's position-bias fix).
 - `cot=True`: the judge reasons first (few-shot), then "(A)"/"(B)" are scored after its
   own reasoning; probabilities are clamped (default [0.4, 0.6], the paper's finding).
-- `RankAllLabeler`: NeMo-Aligner's variant: the whole constitution in one system prompt,
-  all K candidates *shuffled*, and a JSON answer naming the most and least aligned.
-- `EnsembleLabeler`: several judges; mean probability or majority vote, with agreement.
 
-**Debiasing** (`debias`, `cai.debias`): pairwise and CoT labels can divide the judge's prior
+NeMo's rank-all labeller is in `rank_all`, ensembles of judges in `ensemble`.
+
+**Debiasing** (`debias`, `cai.label.debias`): pairwise and CoT labels can divide the judge's prior
 for the letter (A) out of each P(A) (contextual or batch calibration) before the orders
 are averaged; the position-bias flag is taken on the calibrated values.
 
@@ -25,87 +24,33 @@ chat template) gets each question as one block of text in the paper's style, end
 answer's first words ("The answer is:"), from the `*_plain` templates; the scored
 continuations are then the letters themselves (`judge_answers_plain.yaml`).
 
-Each class says how it labels a set of candidates (`strategy`, from `cai.labeling`) and
-which columns it writes; the bottom of this file registers the `--labeler` names.
+The labeller says how it labels a set of candidates (`strategy`, from `cai.label.base`) and
+which columns it writes; `cai.label.registry` registers the `--labeler` names.
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
 import random
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from cai.constitution import Constitution, ConstitutionError, Principle
-from cai.debias import CONTENT_FREE, DEBIAS_METHODS, RunningPrior, calibrate
-from cai.engines.base import Engine, EngineError
-from cai.engines.chat_tokens import TEXT_ROLE
+from cai.engines.base import Engine
 from cai.errors import ConfigError
 from cai.few_shot import CotFewShot, load_cot_few_shot
-from cai.labeling import COMMON_COLUMNS, AllPairs, LabelerOptions, LabelsThroughStrategy, RankOnce, register_labeler
-from cai.parsing import first_json_object
+from cai.label.base import (
+    AllPairs,
+    LabelsThroughStrategy,
+    PairLabel,
+    is_plain,
+    softmax_first,
+    text_message,
+)
+from cai.label.debias import CONTENT_FREE, DEBIAS_METHODS, RunningPrior, calibrate
 from cai.prompting import load_prompt_yaml, render, transcript
-from cai.types import Message, Request, SamplingParams, assistant, derive_seed, system, user
-
-
-class LabelFailure(Exception):
-    """A judge's answer cannot be used: a stable `code`, a message (`reason`), the raw text.
-
-    Codes: `unparsable` (rank-all JSON), `nonfinite_score` (a NaN/inf log-prob),
-    `too_few_judges` (an ensemble below `min_judges`), `judges_cancel_out`,
-    `engine_error` (one judge's engine gave up; only inside ensembles).
-    """
-
-    def __init__(self, reason: str, raw: list[str] | None = None, generated_tokens: int = 0, *,
-                 code: str = "unparsable", judge_failures: list[dict[str, str]] | None = None) -> None:
-        super().__init__(reason)
-        self.reason, self.raw, self.generated_tokens, self.code = reason, raw or [], generated_tokens, code
-        self.judge_failures = judge_failures or []
-
-
-@dataclass
-class PairLabel:
-    p_x: float
-    p_x_by_order: list[float | None]  # [order (x, y), order (y, x)]
-    position_bias: bool | None
-    principle_ids: list[str]
-    judges: list[str]
-    raw: list[str] = field(default_factory=list)
-    generated_tokens: int = 0
-    agreement: float | None = None
-    judges_answered: int = 1
-    judge_failures: list[dict[str, str]] = field(default_factory=list)
-    #: the labeller's own provenance columns (rank-all: judge_attempts, shown_order)
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class RankLabel:
-    chosen: int
-    rejected: int
-    judges: list[str]
-    raw: list[str]
-    attempts: int
-    shown_order: list[int]
-    generated_tokens: int = 0
-    agreement: float | None = None
-    judges_answered: int = 1
-    judge_failures: list[dict[str, str]] = field(default_factory=list)
-
-
-def softmax_first(logp_a: float, logp_b: float) -> float:
-    """P(A) from two log-probs, stable for any finite gap (no overflow past ~709).
-
-    A non-finite log-prob (NaN, or -inf from a broken engine) raises a `LabelFailure`
-    instead of turning into a NaN label that would read as a preference for (B).
-    """
-    if not (math.isfinite(logp_a) and math.isfinite(logp_b)):
-        raise LabelFailure(f"the judge returned non-finite log-probs ({logp_a}, {logp_b})", code="nonfinite_score")
-    log_total = max(logp_a, logp_b) + math.log1p(math.exp(-abs(logp_a - logp_b)))  # logaddexp
-    return math.exp(logp_a - log_total)
+from cai.types import Message, Request, SamplingParams, assistant, derive_seed, user
 
 
 def _p_x(p_option_a: float, x_shown_first: bool) -> float:
@@ -115,15 +60,6 @@ def _p_x(p_option_a: float, x_shown_first: bool) -> float:
 
 def _same_position(p_a_first_order: float, p_a_second_order: float) -> bool:
     return (p_a_first_order > 0.5 and p_a_second_order > 0.5) or (p_a_first_order < 0.5 and p_a_second_order < 0.5)
-
-
-def text_message(content: str) -> Message:
-    """A message that a plain prompt writes as it stands (`cai.engines.chat_tokens.TEXT_ROLE`)."""
-    return {"role": TEXT_ROLE, "content": content}
-
-
-def is_plain(engine: Engine) -> bool:
-    return getattr(engine, "prompt_format", "chat") == "plain"
 
 
 class PairwiseLabeler(LabelsThroughStrategy):
@@ -190,7 +126,7 @@ class PairwiseLabeler(LabelsThroughStrategy):
         return softmax_first(la, lb), out.text, out.completion_tokens
 
     async def _prior(self, principle: Principle) -> float | None:
-        """The judge's prior P(A) to divide out (`cai.debias`), or None."""
+        """The judge's prior P(A) to divide out (`cai.label.debias`), or None."""
         if self.debias == "batch":
             return self.batch_prior.prior()
         if self.debias != "contextual":
@@ -263,174 +199,9 @@ def _cut_before_answer(text: str) -> str:
     return (text[:markers[-1].start()] if markers else text).rstrip()
 
 
-class RankAllLabeler(LabelsThroughStrategy):
-    name = "rank-all"
-    strategy = RankOnce()
-    columns = (*COMMON_COLUMNS, "judge_attempts", "shown_order")
-
-    def __init__(self, engine: Engine, constitution: Constitution, *, seed: int = 0, max_retries: int = 2,
-                 max_tokens: int = 64) -> None:
-        self.engine, self.constitution, self.seed = engine, constitution, seed
-        self.max_retries, self.max_tokens = max_retries, max_tokens
-        self.texts = [p.judge for p in constitution.judge_principles] or [p.critique for p in constitution.principles]
-        self.system = render("judge_rank_system.j2", name=constitution.name, principles=self.texts)
-        # plain prompts (base models): one block of text ending in the JSON answer's opening words
-        self.plain = load_prompt_yaml("judge_answers_plain.yaml") if is_plain(engine) else None
-
-    def _question(self, conversation: str, shown: list[str]) -> tuple[list[Message], str, tuple[str, ...]]:
-        """(prompt, the answer's opening words the judge completes, stops)."""
-        if self.plain is None:
-            return ([system(self.system), user(render("judge_rank_user.j2", conversation=conversation,
-                                                      candidates=shown))], "", ())
-        stem = self.plain["rank_stem"]
-        text = render("judge_rank_plain.j2", name=self.constitution.name, principles=self.texts,
-                      conversation=conversation, candidates=shown, stem=stem)
-        return [text_message(text)], stem, tuple(self.plain["rank_stop"])
-
-    async def rank(self, messages: list[Message], candidates: list[str], key: Sequence[Any]) -> RankLabel:
-        k = len(candidates)
-        order = random.Random(derive_seed(self.seed, *key, "shuffle")).sample(range(k), k)
-        question, stem, stop = self._question(transcript(messages), [candidates[i] for i in order])
-        raw, tokens, problem = [], 0, ""
-        for attempt in range(1 + self.max_retries):
-            params = SamplingParams(max_tokens=self.max_tokens, temperature=0.0 if attempt == 0 else 0.7,
-                                    seed=derive_seed(self.seed, *key, "rank", attempt), stop=stop)
-            out = (await self.engine.generate([Request.of(question, params)]))[0][0]
-            answer = f"{stem} {out.text}" if stem else out.text
-            raw.append(answer)
-            tokens += out.completion_tokens
-            picked, problem = parse_rank_answer(answer, k)
-            if picked:
-                most, least = picked
-                return RankLabel(chosen=order[most - 1], rejected=order[least - 1], judges=[self.engine.model_id],
-                                 raw=raw, attempts=attempt + 1, shown_order=order, generated_tokens=tokens)
-        raise LabelFailure(f"rank-all: no usable answer after {1 + self.max_retries} tries ({problem})", raw, tokens)
 
 
-def parse_rank_answer(text: str, k: int) -> tuple[tuple[int, int] | None, str]:
-    """((most, least) as 1-based shown positions, '') or (None, why not)."""
-    obj = first_json_object(text, ("most_aligned", "least_aligned"))
-    if obj is None:
-        return None, "no JSON object with most_aligned and least_aligned"
-    try:
-        most, least = int(obj["most_aligned"]), int(obj["least_aligned"])
-    except (TypeError, ValueError):
-        return None, f"non-integer answer {obj}"
-    if not (1 <= most <= k and 1 <= least <= k):
-        return None, f"answer {obj} is outside 1..{k}"
-    if most == least:
-        return None, f"the same reply is both most and least aligned ({most})"
-    return (most, least), ""
 
 
-class EnsembleLabeler(LabelsThroughStrategy):
-    """Several labellers of one kind; `combine` is 'mean' (probability) or 'vote'.
-
-    One rule for every judge's failure, in `compare` and `rank` alike: a judge whose
-    answer is unusable (`LabelFailure`) or whose engine gave up (`EngineError`) is
-    recorded in `judge_failures` with its code and message, and the label is formed from
-    the judges that answered when at least `min_judges` did; otherwise the label fails
-    with code `too_few_judges`. Any other exception is a bug and propagates.
-
-    `vote` counts one vote per judge *and order*: P(x) is the share of votes for x, and
-    each per-order field is the share of that order's votes, so the stored probability
-    is always the mean of its per-order fields.
-    """
-
-    def __init__(self, labelers: list[Any], combine: str = "mean", min_judges: int = 1) -> None:
-        if combine not in ("mean", "vote"):
-            raise ConfigError("--combine must be 'mean' or 'vote'")
-        if not 1 <= min_judges <= len(labelers):
-            raise ConfigError(f"--min-judges must be between 1 and the number of judges ({len(labelers)}); "
-                             f"got {min_judges}")
-        self.labelers, self.combine, self.min_judges = labelers, combine, min_judges
-        # an ensemble labels the way its members do (every pair, or one ranking) and writes their columns
-        self.name, self.strategy, self.columns = labelers[0].name, labelers[0].strategy, labelers[0].columns
-
-    async def _answers(self, calls: list[Any]) -> tuple[list[Any], list[dict[str, str]], list[str]]:
-        results = await asyncio.gather(*calls, return_exceptions=True)
-        answered, failures, raw = [], [], []
-        for labeler, result in zip(self.labelers, results, strict=True):
-            judge = labeler.engine.model_id
-            if isinstance(result, LabelFailure):
-                failures.append({"judge": judge, "code": result.code, "reason": result.reason})
-                raw += result.raw
-            elif isinstance(result, EngineError):
-                failures.append({"judge": judge, "code": result.code, "reason": str(result)})
-            elif isinstance(result, BaseException):
-                raise result
-            else:
-                answered.append(result)
-        if len(answered) < self.min_judges:
-            detail = "; ".join(f"{f['judge']}: {f['code']}" for f in failures)
-            raise LabelFailure(f"{len(answered)} of {len(self.labelers)} judges answered, fewer than --min-judges "
-                               f"{self.min_judges} ({detail})", raw, code="too_few_judges",
-                               judge_failures=failures)
-        return answered, failures, raw
-
-    async def compare(self, messages: list[Message], x: str, y: str, key: Sequence[Any]) -> PairLabel:
-        labels, failures, _ = await self._answers([lb.compare(messages, x, y, key) for lb in self.labelers])
-        by_order: list[float | None] = []
-        for slot in (0, 1):
-            values = [lb.p_x_by_order[slot] for lb in labels if lb.p_x_by_order[slot] is not None]
-            if self.combine == "vote":
-                values = [_vote(v) for v in values]
-            by_order.append(sum(values) / len(values) if values else None)
-        if self.combine == "mean":
-            p = sum(lb.p_x for lb in labels) / len(labels)
-        else:
-            present = [v for v in by_order if v is not None]
-            p = sum(present) / len(present)
-        direction = p > 0.5
-        agreement = sum((lb.p_x > 0.5) == direction for lb in labels) / len(labels)
-        biases = [lb.position_bias for lb in labels if lb.position_bias is not None]
-        return PairLabel(
-            p_x=p, p_x_by_order=by_order,
-            position_bias=(sum(biases) > len(biases) / 2) if biases else None,
-            principle_ids=sorted({pid for lb in labels for pid in lb.principle_ids}),
-            judges=[j for lb in labels for j in lb.judges], raw=[r for lb in labels for r in lb.raw],
-            generated_tokens=sum(lb.generated_tokens for lb in labels), agreement=agreement,
-            judges_answered=len(labels), judge_failures=failures)
-
-    async def rank(self, messages: list[Message], candidates: list[str], key: Sequence[Any]) -> RankLabel:
-        labels, failures, raw = await self._answers([lb.rank(messages, candidates, key) for lb in self.labelers])
-        score = [0] * len(candidates)
-        for lb in labels:
-            score[lb.chosen] += 1
-            score[lb.rejected] -= 1
-        chosen, rejected = max(range(len(score)), key=score.__getitem__), min(range(len(score)), key=score.__getitem__)
-        if score[chosen] == score[rejected]:
-            raise LabelFailure("rank-all ensemble: the judges cancel out", [t for lb in labels for t in lb.raw] + raw,
-                               code="judges_cancel_out", judge_failures=failures)
-        return RankLabel(chosen=chosen, rejected=rejected, judges=[j for lb in labels for j in lb.judges],
-                         raw=[t for lb in labels for t in lb.raw], attempts=sum(lb.attempts for lb in labels),
-                         shown_order=labels[0].shown_order, generated_tokens=sum(lb.generated_tokens for lb in labels),
-                         agreement=sum(lb.chosen == chosen for lb in labels) / len(labels),
-                         judges_answered=len(labels), judge_failures=failures)
 
 
-def _vote(p: float) -> float:
-    return 1.0 if p > 0.5 else 0.5 if p == 0.5 else 0.0
-
-
-# ---- registration: `--labeler NAME` -> a labeller for one judge engine ----------------------------
-def _pairwise(options: LabelerOptions, engine: Engine, constitution: Constitution, seed: int) -> PairwiseLabeler:
-    return PairwiseLabeler(engine, constitution, principles_per_label=options.principles_per_label,
-                           both_orders=options.both_orders, seed=seed, debias=options.debias)
-
-
-def _cot(options: LabelerOptions, engine: Engine, constitution: Constitution, seed: int) -> PairwiseLabeler:
-    return PairwiseLabeler(engine, constitution, principles_per_label=options.principles_per_label,
-                           both_orders=options.both_orders, seed=seed, cot=True, clamp=options.clamp,
-                           cot_max_tokens=options.judge_max_tokens, cot_few_shot=options.cot_few_shot,
-                           debias=options.debias)
-
-
-def _rank_all(options: LabelerOptions, engine: Engine, constitution: Constitution, seed: int) -> RankAllLabeler:
-    return RankAllLabeler(engine, constitution, seed=seed, max_retries=options.rank_retries,
-                          max_tokens=options.judge_max_tokens)
-
-
-register_labeler("pairwise", _pairwise)
-register_labeler("cot", _cot)
-register_labeler("rank-all", _rank_all, columns=RankAllLabeler.columns)

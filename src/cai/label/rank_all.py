@@ -7,23 +7,25 @@ two it names make one certain preference (`RankOnce`).
 """
 
 from __future__ import annotations
-import asyncio
-import math
+
 import random
-import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
-from cai.constitution import Constitution, ConstitutionError, Principle
-from cai.debias import CONTENT_FREE, DEBIAS_METHODS, RunningPrior, calibrate
-from cai.engines.base import Engine, EngineError
-from cai.engines.chat_tokens import TEXT_ROLE
-from cai.errors import ConfigError
-from cai.few_shot import CotFewShot, load_cot_few_shot
-from cai.labeling import COMMON_COLUMNS, AllPairs, LabelerOptions, LabelsThroughStrategy, RankOnce, register_labeler
+
+from cai.constitution import Constitution
+from cai.engines.base import Engine
+from cai.label.base import (
+    COMMON_COLUMNS,
+    LabelFailure,
+    LabelsThroughStrategy,
+    RankLabel,
+    RankOnce,
+    is_plain,
+    text_message,
+)
 from cai.parsing import first_json_object
 from cai.prompting import load_prompt_yaml, render, transcript
-from cai.types import Message, Request, SamplingParams, assistant, derive_seed, system, user
+from cai.types import Message, Request, SamplingParams, derive_seed, system, user
 
 
 class RankAllLabeler(LabelsThroughStrategy):

@@ -11,20 +11,13 @@ transcripts (`-E prompt_format=plain`, or `auto`).
 """
 
 from __future__ import annotations
-import asyncio
-import itertools
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
-from cai.debias import DEBIAS_METHODS
-from cai.engines.base import Engine, EngineError
-from cai.errors import CAIError, ConfigError
-from cai.options import Options, at_least, option, probability_range, string_list
-from cai.types import Completion, Message, Request
-if TYPE_CHECKING:
-    from cai.constitution import Constitution
-    from cai.judges import LabelFailure, PairLabel
 
+from collections.abc import Sequence
+from typing import Any
+
+from cai.engines.base import Engine, EngineError
+from cai.errors import CAIError
+from cai.types import Completion, Message, Request
 
 # ---- failing fast on a judge that cannot work ----------------------------------------------------
 #: a judge whose first this many calls all failed with the same code stops the run

@@ -64,15 +64,15 @@ INJECTIONS = {
 
 
 def question(template: str, conversation: str, principle: str, a: str, b: str) -> str:
-    from cai.prompting import render
+    from cai.text.templates import render
 
     values = dict(conversation=conversation, principle=principle, option_a=a, option_b=b)
     return OLD_TEMPLATE.render(**values).strip() if template == "before" else render("judge_pairwise.j2", **values)
 
 
 def load_pairs(n: int, max_tokens: int, tokenizer, constitution) -> list[dict]:
-    from cai.data import split_hh_pair
-    from cai.prompting import transcript
+    from cai.inputs.prompts import split_hh_pair
+    from cai.text.templates import transcript
 
     pairs = []
     for line_no, line in enumerate(HH.read_text(encoding="utf-8").splitlines(), 1):
@@ -154,9 +154,9 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2")
     args = ap.parse_args()
 
-    from cai.constitution import load_constitution
     from cai.engines import load_engine
-    from cai.prompting import load_prompt_yaml
+    from cai.inputs.constitution import load_constitution
+    from cai.text.templates import load_prompt_yaml
 
     started = time.perf_counter()
     safe = load_engine(args.model)

@@ -32,7 +32,7 @@ command, prompts, out, traced = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[
 from cai.engines.base import Engine, register_engine
 from cai.rl import RLConfig, run_rl
 from cai.sl import SLConfig, run_sl
-from cai.types import Completion
+from cai.core.types import Completion
 
 class Scripted(Engine):
     # like fake:, but keeps no record of its calls (fake: keeps every request for tests)
@@ -67,7 +67,7 @@ print(json.dumps({"baseline_mb": base, "peak_mb": rss_mb(), "elapsed_s": elapsed
 
 
 def write_prompts(path: Path, n: int) -> None:
-    from cai.data import read_prompts
+    from cai.inputs.prompts import read_prompts
 
     texts = [r.prompt for r in read_prompts(HH, hh_mode="first")]
     with path.open("w", encoding="utf-8") as fh:

@@ -41,8 +41,8 @@ HH = ROOT.parent / "shared" / "data" / "hh-rlhf-harmless-base-test-first500.json
 
 def load_pairs(n: int, max_tokens: int, engine) -> list[tuple[list, str, str]]:
     """(conversation, chosen reply, rejected reply) for the first n pairs whose judge prompt fits."""
-    from cai.data import split_hh_pair
-    from cai.prompting import render, transcript
+    from cai.inputs.prompts import split_hh_pair
+    from cai.text.templates import render, transcript
 
     pairs = []
     for line in HH.read_text(encoding="utf-8").splitlines():
@@ -64,7 +64,7 @@ def load_pairs(n: int, max_tokens: int, engine) -> list[tuple[list, str, str]]:
 
 def label_all(engine, pairs) -> tuple[list[float], float, int]:
     """p(chosen) for every pair, the wall time, and prompt tokens the engine computed."""
-    from cai.constitution import load_constitution
+    from cai.inputs.constitution import load_constitution
     from cai.label.pairwise import PairwiseLabeler
 
     labeler = PairwiseLabeler(engine, load_constitution("default"), seed=0)

@@ -47,8 +47,8 @@ def _rss_mb() -> float:
 
 
 async def _engine_case(replicas: int, requests: int, latency: float) -> float:
+    from cai.core.types import Request, SamplingParams, user
     from cai.engines.base import load_engine
-    from cai.types import Request, SamplingParams, user
 
     engine = load_engine("ray:fake:echo", {"replicas": replicas, "num_cpus": 1, "serial_latency_s": latency})
     try:

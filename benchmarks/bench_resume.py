@@ -43,7 +43,7 @@ def job_seconds(out: Path) -> float:
 
 
 def write_prompts(path: Path, n: int) -> None:
-    from cai.data import read_prompts
+    from cai.inputs.prompts import read_prompts
 
     texts = [r.prompt for r in read_prompts(HH, hh_mode="first")]
     path.write_text("".join(json.dumps({"id": f"r{i}", "prompt": f"{texts[i % len(texts)]} (#{i})"}) + "\n"

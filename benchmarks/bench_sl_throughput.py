@@ -47,7 +47,7 @@ LOADED: dict = {}  # engines built once, handed to run_sl through the "loaded:" 
 
 
 def load_prompts(n: int) -> list[str]:
-    from cai.data import read_prompts
+    from cai.inputs.prompts import read_prompts
 
     return [r.prompt for r in read_prompts(HH, hh_mode="first", limit=n)]
 
@@ -125,9 +125,9 @@ def run_pipeline_loop(engine, prompts, rounds, max_tokens, principles_for, few_s
 
 def run_cai(spec: str, prompts_file: Path, rounds: int, max_tokens: int, keep: list | None = None) -> tuple[int, float]:
     """run_sl end to end (timed by run_sl itself); `keep` receives the requests it made."""
+    from cai.core.types import Request, SamplingParams
+    from cai.runs.store import Store
     from cai.sl import SLConfig, run_sl
-    from cai.store import Store
-    from cai.types import Request, SamplingParams
 
     with tempfile.TemporaryDirectory() as out:
         result = run_sl(SLConfig.of(prompts=str(prompts_file), out=out, model=spec, rounds=rounds,
@@ -159,8 +159,8 @@ def register_loaded() -> None:
 def loop_cost(engine, convs: list[list[dict]], steps: int) -> tuple[float, float]:
     """(seconds per prompt token prefilled, seconds per token decoded) by the decode loop when
     `convs` join together after their shared start is cached, then decode `steps` steps."""
+    from cai.core.types import SamplingParams
     from cai.engines.batching import WorkItem
-    from cai.types import SamplingParams
 
     loop = engine.loop
     params = SamplingParams(max_tokens=steps + 1, temperature=0.7, seed=0)
@@ -206,10 +206,10 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from cai.constitution import load_constitution
+    from cai.core.types import Request, SamplingParams
     from cai.engines import load_engine
+    from cai.inputs.constitution import load_constitution
     from cai.sl import load_few_shot
-    from cai.types import Request, SamplingParams
 
     prompts = load_prompts(args.prompts)
     constitution = load_constitution("default")

@@ -3,11 +3,12 @@
 The curated public API; everything else is internal and may change.
 """
 
-from cai.constitution import Constitution, Principle, load_constitution
-from cai.data import PromptRow, read_prompts
+from cai.core.types import Completion, Message, Request, SamplingParams
 from cai.engines import Engine, EngineError, load_engine, register_engine
 from cai.evaluate import JudgeEvalConfig, run_judge_eval
 from cai.export import export_run
+from cai.inputs.constitution import Constitution, Principle, load_constitution
+from cai.inputs.prompts import PromptRow, read_prompts
 from cai.label.base import Judgement, Labeler
 from cai.label.ensemble import EnsembleLabeler
 from cai.label.pairwise import PairwiseLabeler
@@ -15,7 +16,6 @@ from cai.label.rank_all import RankAllLabeler
 from cai.label.registry import LabelerOptions, make_labeler, register_labeler
 from cai.rl import RLConfig, run_rl
 from cai.sl import SLConfig, run_sl
-from cai.types import Completion, Message, Request, SamplingParams
 
 __version__ = "0.1.0"
 

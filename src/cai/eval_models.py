@@ -32,32 +32,28 @@ import asyncio
 import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol
 
-from cai.constitution import Constitution, ConstitutionOptions, load_constitution
-from cai.data import BadRow, InputError, PromptRow, read_jsonl_records, read_prompts
+from cai.core.errors import ConfigError
+from cai.core.options import Options, at_least, option, redefault
+from cai.core.types import Message, Request, SamplingParams, derive_seed, user
 from cai.engines.base import Engine, EngineError
-from cai.errors import ConfigError
 from cai.eval_stats import RefusalMatcher, p_first
-from cai.jobs import InputOptions, RunOptions, on_bad_input_option
+from cai.inputs.constitution import ConstitutionOptions, judge_constitution
+from cai.inputs.files import InputError, read_jsonl_records
+from cai.inputs.prompts import BadRow, InputOptions, PromptRow, on_bad_input_option, read_prompts, shipped_sample
 from cai.label.base import LabelFailure
 from cai.label.pairwise import PairwiseLabeler
-from cai.options import Options, at_least, option, redefault
-from cai.parsing import find_defect
-from cai.pipeline import ChainFailure
-from cai.prompting import load_prompt_yaml, render, transcript
-from cai.types import Message, Request, SamplingParams, derive_seed, user
+from cai.runs.job import RunOptions
+from cai.runs.rows import ChainFailure
+from cai.text.parsing import find_defect
+from cai.text.templates import load_prompt_yaml, render, transcript
 
 STAGE = "eval-models"
 #: prompt set -> the judge constitution its answers are compared under (None: refusals only)
 SETS: dict[str, str | None] = {"red_team": "harmless", "helpful": "helpful", "benign": None}
 REFUSAL_SETS = ("red_team", "benign")
-
-
-def shipped_sample(name: str) -> str:
-    return str(resources.files("cai") / "samples" / name)
 
 
 # ---- options -------------------------------------------------------------------------
@@ -350,17 +346,9 @@ class ModelsEvalChain:
         return {"id": row.id, "source": row.source, "stage": stage, "code": code, "reason": reason, **extra}
 
 
-# ---- the job -----------------------------------------------------------------------------
-def judge_constitution(ref: str, flag: str) -> Constitution:
-    constitution = load_constitution(ref)
-    if not constitution.judge_principles:
-        raise ConfigError(f"{flag} {ref}: the constitution has no judge questions to compare answers with")
-    return constitution
-
-
 def run_models_eval(config: ModelsEvalConfig, *, show_progress: bool = True, console: Any = None) -> Any:
     from cai.eval_report import REPORT_FILE, headlines, models_report
-    from cai.jobs import run_job
+    from cai.runs.job import run_job
 
     judging, named = config.judging, config.policies.named()
     if len(named) < 2:

@@ -29,16 +29,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cai.data import BadRow, InputError, PromptRow, text_lines
+from cai.core.errors import ConfigError
+from cai.core.options import Options, at_least, option, redefault
+from cai.core.types import Message, assistant, stable_hash
 from cai.engines.base import EngineError
-from cai.errors import ConfigError
-from cai.eval_models import EvalJudgeOptions, judge_constitution
-from cai.jobs import RunOptions, on_bad_input_option
+from cai.eval_models import EvalJudgeOptions
+from cai.inputs.constitution import judge_constitution
+from cai.inputs.files import InputError, text_lines
+from cai.inputs.prompts import BadRow, PromptRow, on_bad_input_option
 from cai.label.base import LabelFailure
 from cai.label.pairwise import PairwiseLabeler
-from cai.options import Options, at_least, option, redefault
-from cai.store import Store
-from cai.types import Message, assistant, stable_hash
+from cai.runs.job import RunOptions
+from cai.runs.store import Store
 
 STAGE = "eval-revisions"
 SCALES = ("harmlessness", "helpfulness")
@@ -216,7 +218,7 @@ class RevisionsChain:
 
 def run_revisions_eval(config: RevisionsEvalConfig, *, show_progress: bool = True, console: Any = None) -> Any:
     from cai.eval_report import REPORT_FILE, revision_headlines, revisions_report
-    from cai.jobs import run_job
+    from cai.runs.job import run_job
 
     scoring = config.scoring
     config.inputs.sl_file()  # before the run directory (inside the SL run) is made

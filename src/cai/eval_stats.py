@@ -29,7 +29,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from cai.evaluate import wilson_interval
-from cai.prompting import load_prompt_yaml
+from cai.text.templates import load_prompt_yaml
 
 if TYPE_CHECKING:
     import numpy as np

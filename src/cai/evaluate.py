@@ -25,15 +25,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cai.constitution import ConstitutionOptions
-from cai.label.debias import expected_calibration_error
-from cai.data import BadRow, InputError, PromptRow, split_hh_pair, text_lines
-from cai.jobs import RunOptions, limit_option, on_bad_input_option
+from cai.core.options import Options, option
+from cai.core.types import stable_hash
+from cai.inputs.constitution import ConstitutionOptions
+from cai.inputs.files import InputError, text_lines
+from cai.inputs.prompts import BadRow, OnBadInput, PromptRow, limit_option, on_bad_input_option, split_hh_pair
 from cai.label.base import Labeler
+from cai.label.debias import expected_calibration_error
 from cai.label.registry import LabelerOptions, make_labeler
-from cai.options import Options, option
-from cai.pipeline import ChainFailure, OnBadInput
-from cai.types import stable_hash
+from cai.runs.job import RunOptions
+from cai.runs.rows import ChainFailure
 
 STAGE = "judge-eval"
 
@@ -187,7 +188,7 @@ class JudgeEvalConfig(Options):
 
 
 def run_judge_eval(config: JudgeEvalConfig, *, show_progress: bool = True, console: Any = None) -> Any:
-    from cai.jobs import run_job
+    from cai.runs.job import run_job
 
     constitution = config.constitution.load()
 

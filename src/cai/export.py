@@ -33,10 +33,11 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from cai.data import parse_hh_transcript, read_jsonl_records as _read_jsonl, split_hh_pair
-from cai.errors import CAIError
+from cai.core.errors import CAIError
+from cai.core.types import Message, assistant, stable_hash
+from cai.inputs.files import read_jsonl_records as _read_jsonl
+from cai.inputs.prompts import parse_hh_transcript, split_hh_pair
 from cai.label.registry import all_columns
-from cai.types import Message, assistant, stable_hash
 
 # A human preference (hh-rlhf) is one annotator's hard choice: certain, and judged by no model.
 HUMAN_LABEL: dict[str, Any] = {"labeler": "human", "judges": [], "principle_ids": [], "p_chosen": 1.0,

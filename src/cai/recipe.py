@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cai.options import Options, option
-
 from rich.console import Console
 from rich.table import Table
+
+from cai.core.options import Options, option
 
 
 @dataclass

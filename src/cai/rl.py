@@ -23,16 +23,16 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from cai.constitution import ConstitutionOptions
-from cai.data import PromptRow
+from cai.core.options import Options, at_least, float_list, in_unit_interval, option
+from cai.core.types import Request, SamplingParams, assistant, derive_seed
 from cai.engines.base import Engine
-from cai.jobs import InputOptions, RunOptions
+from cai.inputs.constitution import ConstitutionOptions
+from cai.inputs.prompts import InputOptions, PromptRow
 from cai.label.base import Judgement, Labeler
 from cai.label.registry import LabelerOptions, make_labeler
-from cai.options import Options, at_least, float_list, in_unit_interval, option
-from cai.parsing import find_defect
-from cai.pipeline import ChainFailure
-from cai.types import Request, SamplingParams, assistant, derive_seed
+from cai.runs.job import RunOptions
+from cai.runs.rows import ChainFailure
+from cai.text.parsing import find_defect
 
 STAGE = "rl"
 
@@ -263,7 +263,7 @@ def label_summary(run: Any, summary: dict[str, Any] | None = None) -> dict[str, 
 
 
 def run_rl(config: RLConfig, *, show_progress: bool = True, console: Any = None) -> Any:
-    from cai.jobs import run_job
+    from cai.runs.job import run_job
 
     constitution = config.constitution.load()
 

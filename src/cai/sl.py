@@ -13,7 +13,7 @@ Per prompt (Bai et al. 2022, section 3):
 
 `build_*` functions only build messages and `SLChain` only orchestrates, so prompt
 building is testable without a model. Outputs: `sl.jsonl` (full trace), `sft.jsonl`
-(TRL's `messages` format, prompt -> final revision), plus the run files of `cai.run`.
+(TRL's `messages` format, prompt -> final revision), plus the run files of `cai.runs.run_dir`.
 """
 
 from __future__ import annotations
@@ -21,16 +21,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from cai.constitution import Constitution, ConstitutionOptions, Principle
-from cai.data import PromptRow
+from cai.core.errors import ConfigError
+from cai.core.options import Options, at_least, option
+from cai.core.types import Completion, Message, Request, SamplingParams, assistant, derive_seed, user
 from cai.engines.base import Engine
-from cai.errors import ConfigError
-from cai.few_shot import FEW_SHOT_KEYS, FewShot, load_few_shot  # noqa: F401  (moved there; kept importable here)
-from cai.jobs import InputOptions, RunOptions
-from cai.options import Options, at_least, option
-from cai.parsing import cleanup_revision, find_defect
-from cai.pipeline import ChainFailure
-from cai.types import Completion, Message, Request, SamplingParams, assistant, derive_seed, user
+from cai.inputs.constitution import Constitution, ConstitutionOptions, Principle
+from cai.inputs.few_shot import FEW_SHOT_KEYS, FewShot, load_few_shot  # noqa: F401  (moved there; kept importable here)
+from cai.inputs.prompts import InputOptions, PromptRow
+from cai.runs.job import RunOptions
+from cai.runs.rows import ChainFailure
+from cai.text.parsing import cleanup_revision, find_defect
 
 STAGE = "sl"
 
@@ -146,7 +146,7 @@ class SLConfig(Options):
 
 
 def run_sl(config: SLConfig, *, show_progress: bool = True, console: Any = None) -> Any:
-    from cai.jobs import run_job
+    from cai.runs.job import run_job
 
     constitution = config.constitution.load()
     few_shot = load_few_shot(config.revision.few_shot)

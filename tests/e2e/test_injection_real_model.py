@@ -8,10 +8,10 @@ import math
 
 import pytest
 
-from cai.constitution import load_constitution
+from cai.core.types import Request, SamplingParams, user
 from cai.engines import load_engine
+from cai.inputs.constitution import load_constitution
 from cai.label.pairwise import PairwiseLabeler
-from cai.types import Request, SamplingParams, user
 
 pytestmark = pytest.mark.slow
 

@@ -9,11 +9,11 @@ import asyncio
 
 import pytest
 
+from cai.core.types import Request, SamplingParams, assistant, user
 from cai.engines import load_engine
 from cai.engines.prefix_cache import PrefixCache
-from cai.prompting import render, transcript
 from cai.sl import load_few_shot
-from cai.types import Request, SamplingParams, assistant, user
+from cai.text.templates import render, transcript
 
 pytestmark = pytest.mark.slow
 

@@ -10,9 +10,9 @@ import time
 
 import pytest
 
+from cai.core.types import Request, SamplingParams
 from cai.engines import load_engine
 from cai.engines.base import ContextOverflow
-from cai.types import Request, SamplingParams
 from tests.conftest import read_jsonl, write_jsonl
 
 pytestmark = pytest.mark.slow

@@ -121,8 +121,8 @@ def test_api_key_comes_from_env_and_is_never_written(server, prompts, tmp_path, 
 def test_n_samples_from_a_server_that_ignores_n(server) -> None:
     import asyncio
 
+    from cai.core.types import Request, SamplingParams
     from cai.engines import load_engine
-    from cai.types import Request, SamplingParams
 
     engine = load_engine(f"openai:smollm2@{server.base_url}")
     req = Request.of([{"role": "user", "content": "Name a colour."}], SamplingParams(max_tokens=8, n=3, seed=5))

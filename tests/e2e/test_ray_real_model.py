@@ -153,8 +153,8 @@ def test_a_killed_driver_resumes_without_redoing_a_finished_call(cluster_env, tm
 
 
 async def test_replicas_convert_the_embedded_model_once(cluster_env, tmp_path, monkeypatch) -> None:
+    from cai.core.types import Request, SamplingParams, user
     from cai.engines.base import load_engine
-    from cai.types import Request, SamplingParams, user
 
     cache = tmp_path / "cache"
     monkeypatch.setenv("CAI_CACHE_DIR", str(cache))  # an empty cache, passed on to the replicas

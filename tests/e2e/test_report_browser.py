@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from cai.report import ReportConfig, build_report
-from tests.unit.test_report import HOSTILE_MODEL, build_judge_run, build_model_folder, build_rl_run
 from tests.unit.test_eval_models import build_models_run, build_sl_run
+from tests.unit.test_report import HOSTILE_MODEL, build_judge_run, build_model_folder, build_rl_run
 
 pytestmark = pytest.mark.slow
 CONSOLE = re.compile(r":CONSOLE[:(]")

@@ -48,8 +48,8 @@ def runs(tmp_path_factory):
 
 
 def _loads_and_generates(model_dir) -> None:
+    from cai.core.types import Request, SamplingParams
     from cai.engines import load_engine
-    from cai.types import Request, SamplingParams
 
     engine = load_engine(f"hf:{model_dir}")
     out = asyncio.run(engine.generate([Request.of([{"role": "user", "content": "Hello"}],

@@ -7,8 +7,8 @@ import math
 
 import pytest
 
+from cai.core.types import Request, SamplingParams
 from cai.engines import load_engine
-from cai.types import Request, SamplingParams
 
 pytestmark = pytest.mark.slow
 

@@ -22,10 +22,10 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from cai.core.types import Completion, Message, Request, stable_hash
 from cai.engines.base import register_engine
 from cai.engines.fake import FakeEngine, FakeOptions, FakeScript, register_script
-from cai.run import RunDir
-from cai.types import Completion, Message, Request, stable_hash
+from cai.runs.run_dir import RunDir
 
 
 def _respond(request: Request, k: int) -> str:

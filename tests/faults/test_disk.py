@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from cai.jobs import JobResult
+from cai.runs.job import JobResult
 from tests.faults import harness as h
 
 pytestmark = pytest.mark.slow
@@ -133,10 +133,10 @@ def run_sl_in_process(tmp_path: Path) -> JobResult:
 
 
 def test_store_disk_full_in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from cai.store import StoreError
+    from cai.runs.store import StoreError
 
     connect = sqlite3.connect
-    monkeypatch.setattr("cai.store.sqlite3.connect", lambda *a, **kw: connect(*a, **kw, factory=FillsUp))
+    monkeypatch.setattr("cai.runs.store.sqlite3.connect", lambda *a, **kw: connect(*a, **kw, factory=FillsUp))
     FillsUp.room = 25
     with pytest.raises(StoreError, match="disk full"):
         run_sl_in_process(tmp_path)
@@ -152,7 +152,7 @@ def test_store_disk_full_in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 
 def test_output_disk_full_in_process_keeps_the_previous_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from cai.store import StoreError
+    from cai.runs.store import StoreError
 
     run_sl_in_process(tmp_path)
     sl = tmp_path / "run" / "sl.jsonl"
@@ -165,7 +165,7 @@ def test_output_disk_full_in_process_keeps_the_previous_file(tmp_path: Path, mon
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         fsync(fd)
 
-    monkeypatch.setattr("cai.run.os.fsync", no_space_for_sl)
+    monkeypatch.setattr("cai.runs.run_dir.os.fsync", no_space_for_sl)
     with pytest.raises(StoreError, match=r"sl\.jsonl: disk full .*; everything finished so far is kept"):
         run_sl_in_process(tmp_path)
     assert sl.read_bytes() == before and not list(sl.parent.glob(".*.partial"))

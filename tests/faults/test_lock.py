@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cai.run import RunDir, RunLocked
+from cai.runs.run_dir import RunDir, RunLocked
 from tests.faults import harness as h
 
 pytestmark = pytest.mark.slow

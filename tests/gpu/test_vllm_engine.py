@@ -20,7 +20,7 @@ def engine():
 
 
 def test_generate_and_score(engine) -> None:
-    from cai.types import Request, SamplingParams
+    from cai.core.types import Request, SamplingParams
 
     msgs = [{"role": "user", "content": "What is the capital of France? Reply with the city only."}]
 

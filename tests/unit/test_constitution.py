@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from cai.constitution import ConstitutionError, load_constitution
+from cai.inputs.constitution import ConstitutionError, load_constitution
 from tests.conftest import FIXTURES
 
 

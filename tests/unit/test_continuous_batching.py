@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
+from cai.core.types import Completion, Message, Request, SamplingParams
 from cai.engines.base import EngineError
 from cai.engines.batching import BatchingEngine, WorkItem
-from cai.types import Completion, Message, Request, SamplingParams
 
 
 class StepEngine(BatchingEngine):

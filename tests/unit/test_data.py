@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from cai.data import BadRow, InputError, PromptRow, parse_hh_transcript, read_prompts
+from cai.inputs.files import InputError
+from cai.inputs.prompts import BadRow, PromptRow, parse_hh_transcript, read_prompts
 from tests.conftest import write_jsonl
 
 TRANSCRIPT = ("\n\nHuman: Ratio: 3: 1 of what?\n\nAssistant: Could you say more: which recipe?"

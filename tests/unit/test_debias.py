@@ -7,11 +7,11 @@ import math
 
 import pytest
 
-from cai.constitution import load_constitution
-from cai.label.debias import CONTENT_FREE, RunningPrior, calibrate, expected_calibration_error
+from cai.core.errors import ConfigError
 from cai.engines import load_engine
 from cai.engines.fake import FakeScript, register_script
-from cai.errors import ConfigError
+from cai.inputs.constitution import load_constitution
+from cai.label.debias import CONTENT_FREE, RunningPrior, calibrate, expected_calibration_error
 from cai.label.pairwise import PairwiseLabeler
 from cai.label.registry import LabelerOptions
 

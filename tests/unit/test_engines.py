@@ -2,10 +2,10 @@ from __future__ import annotations
 
 import pytest
 
+from cai.core.types import Request, SamplingParams
 from cai.engines import EngineError, load_engine, parse_option_pairs
 from cai.engines.base import parse_spec
-from cai.store import CachedEngine, Store
-from cai.types import Request, SamplingParams
+from cai.runs.store import CachedEngine, Store
 
 
 def test_unknown_spec_and_bad_options_fail_clearly() -> None:

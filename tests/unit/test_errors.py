@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from cai.core.errors import CAIError, FailureBudgetExceeded
 from cai.engines.base import EngineError
 from cai.engines.fake import FakeScript, register_script
-from cai.errors import CAIError, FailureBudgetExceeded
 from cai.sl import SLConfig, run_sl
 from tests.conftest import ROOT, write_jsonl
 
@@ -108,13 +108,13 @@ def test_a_user_error_is_one_line_with_exit_2(tmp_path) -> None:
 
 
 def test_our_own_value_error_is_not_mistaken_for_a_user_error(tmp_path, monkeypatch, capsys) -> None:
-    import cai.constitution
+    import cai.inputs.constitution
     from cai.cli import main
 
     def broken(*args, **kwargs):
         raise ValueError("a bug, not the user's mistake")
 
-    monkeypatch.setattr(cai.constitution, "load_constitution", broken)
+    monkeypatch.setattr(cai.inputs.constitution, "load_constitution", broken)
     monkeypatch.setattr(sys, "argv", ["cai", "sl", "--prompts", str(_prompts(tmp_path / "p.jsonl", 2)),
                                       "--out", str(tmp_path / "run"), "--model", "fake:err-ok"])
     with pytest.raises(ValueError, match="a bug"):
@@ -198,12 +198,12 @@ def test_rl_and_eval_judge_take_max_failure_rate(tmp_path) -> None:
 
 
 def test_user_error_classes_share_one_base() -> None:
-    from cai.constitution import ConstitutionError
-    from cai.data import InputError
     from cai.export import ExportError
-    from cai.few_shot import FewShotError
-    from cai.run import RunLocked
-    from cai.store import StoreError
+    from cai.inputs.constitution import ConstitutionError
+    from cai.inputs.few_shot import FewShotError
+    from cai.inputs.files import InputError
+    from cai.runs.run_dir import RunLocked
+    from cai.runs.store import StoreError
     from cai.train.common import TrainError
 
     for cls in (ConstitutionError, InputError, ExportError, FewShotError, RunLocked, StoreError, TrainError,

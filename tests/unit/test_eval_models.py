@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from cai.data import InputError
+from cai.core.errors import ConfigError
 from cai.engines.fake import FakeScript, register_script
-from cai.errors import ConfigError
 from cai.eval_models import ModelsEvalConfig, run_models_eval
 from cai.eval_revisions import RevisionsEvalConfig, run_revisions_eval
 from cai.eval_stats import RefusalMatcher
+from cai.inputs.files import InputError
 from cai.sl import SLConfig, run_sl
 from tests.conftest import read_jsonl, write_jsonl
 

@@ -7,9 +7,20 @@ import math
 import numpy as np
 import pytest
 
+from cai.eval_stats import (
+    RefusalMatcher,
+    agreement,
+    bootstrap_elo,
+    credit,
+    elo_scale,
+    expected_calibration_error,
+    fit_bradley_terry,
+    p_first,
+    rate,
+    reliability_bins,
+    win_rate,
+)
 from cai.evaluate import wilson_interval
-from cai.eval_stats import (RefusalMatcher, agreement, bootstrap_elo, credit, elo_scale, expected_calibration_error,
-                            fit_bradley_terry, p_first, rate, reliability_bins, win_rate)
 
 
 def test_win_rate_counts_ties_half_and_keeps_failures_out_of_the_denominator() -> None:

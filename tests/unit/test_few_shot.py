@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from cai.constitution import load_constitution
 from cai.engines import load_engine
 from cai.engines.fake import FakeScript, register_script
-from cai.few_shot import FewShotError, load_cot_few_shot, load_few_shot
+from cai.inputs.constitution import load_constitution
+from cai.inputs.few_shot import FewShotError, load_cot_few_shot, load_few_shot
 from cai.label.pairwise import PairwiseLabeler
 from cai.sl import SLConfig, run_sl
 from tests.conftest import FIXTURES

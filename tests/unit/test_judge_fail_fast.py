@@ -30,7 +30,7 @@ def test_eval_judge_stops_on_a_judge_without_log_probs_before_spending_the_rows(
     with pytest.raises(JudgeUnusable, match=r"judge fake:no-logprobs cannot work: its first 8 calls all failed "
                                             r"with engine_error \(e\.g\. fake script fake:no-logprobs cannot score"):
         run_judge_eval(config, show_progress=False)
-    from cai.store import Store
+    from cai.runs.store import Store
 
     store = Store(tmp_path / "ev" / "store.sqlite")
     assert store.count_results("judge-eval") < 10  # of 60 pairs: it stopped on its first rows

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from cai.constitution import load_constitution
 from cai.engines import load_engine
 from cai.engines.fake import FakeScript, register_script
-from cai.label.ensemble import EnsembleLabeler
+from cai.inputs.constitution import load_constitution
 from cai.label.base import LabelFailure, softmax_first
+from cai.label.ensemble import EnsembleLabeler
 from cai.label.pairwise import PairwiseLabeler
 from cai.label.rank_all import RankAllLabeler, parse_rank_answer
 

@@ -13,12 +13,12 @@ import math
 
 import pytest
 
-from cai.constitution import load_constitution
 from cai.engines import load_engine
 from cai.engines.base import EngineError
 from cai.engines.fake import FakeScript, register_script
-from cai.label.ensemble import EnsembleLabeler
+from cai.inputs.constitution import load_constitution
 from cai.label.base import LabelFailure, softmax_first
+from cai.label.ensemble import EnsembleLabeler
 from cai.label.pairwise import PairwiseLabeler, _cut_before_answer
 from cai.label.rank_all import RankAllLabeler
 from cai.rl import RLConfig, run_rl
@@ -266,7 +266,7 @@ def test_rank_all_never_pairs_two_identical_texts(tmp_path, prompts_file) -> Non
 
 
 def test_min_judges_without_an_ensemble_is_an_error() -> None:
-    from cai.errors import ConfigError
+    from cai.core.errors import ConfigError
     from cai.label.registry import LabelerOptions, make_labeler
 
     with pytest.raises(ConfigError, match="--min-judges 2 needs an ensemble"):

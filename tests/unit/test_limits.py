@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from cai.constitution import ConstitutionError, load_constitution
-from cai.data import InputError, read_jsonl_records, read_prompts
+from cai.core.types import Completion, Message, Request, SamplingParams
 from cai.engines.base import ContextOverflow, Engine, EngineError, EngineOptions, register_engine
 from cai.engines.batching import BatchingEngine, WorkItem
-from cai.types import Completion, Message, Request, SamplingParams
+from cai.inputs.constitution import ConstitutionError, load_constitution
+from cai.inputs.files import InputError, read_jsonl_records
+from cai.inputs.prompts import read_prompts
 from tests.conftest import write_jsonl
 
 
@@ -179,7 +180,7 @@ def test_utf8_with_a_byte_order_mark_still_reads(tmp_path) -> None:
 
 def test_constitution_few_shot_and_pair_files_that_are_not_utf8_name_the_file(tmp_path) -> None:
     from cai.evaluate import read_pairs
-    from cai.few_shot import load_few_shot
+    from cai.inputs.few_shot import load_few_shot
 
     principles = _latin1(tmp_path / "principles.txt", ["Be kind.", "Be caf\u00e9-safe."])
     with pytest.raises(InputError, match=f"{principles}:2: not UTF-8"):
@@ -255,8 +256,8 @@ class _Closing(Engine):
 
 
 async def test_engine_set_closes_every_engine_even_when_one_fails(tmp_path) -> None:
-    from cai.jobs import EngineSet
-    from cai.store import CachedEngine, Store
+    from cai.runs.job import EngineSet
+    from cai.runs.store import CachedEngine, Store
 
     store = Store(tmp_path / "s.sqlite")
     engines = EngineSet({name: CachedEngine(_Closing(name, fail=name == "a"), store) for name in "abc"})

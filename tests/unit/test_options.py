@@ -11,11 +11,11 @@ import pytest
 from typer.testing import CliRunner
 
 from cai.cli import app
+from cai.core.errors import ConfigError
+from cai.core.options import flag_of
 from cai.engines.fake import FakeScript, register_script
-from cai.errors import ConfigError
 from cai.evaluate import JudgeEvalConfig, run_judge_eval
 from cai.label.base import COMMON_COLUMNS
-from cai.options import flag_of
 from cai.recipe import RecipeConfig
 from cai.rl import RLConfig, run_rl
 from cai.sl import SLConfig
@@ -112,8 +112,7 @@ class LengthJudge:
         self.engine = engine
 
     async def label(self, messages, candidates, key):
-        from cai.label.base import PairLabel
-        from cai.label.base import Judgement
+        from cai.label.base import Judgement, PairLabel
 
         (i, a), (j, b) = candidates[0], candidates[-1]
         p = 0.5 + min(0.49, abs(len(a) - len(b)) / 100) * (1 if len(a) > len(b) else -1)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from cai.parsing import cleanup_revision, degenerate_reason, first_json_object
+from cai.text.parsing import cleanup_revision, degenerate_reason, first_json_object
 
 
 @pytest.mark.parametrize("raw,clean", [
@@ -74,7 +74,7 @@ def test_cleanup_still_strips_real_wrappers(raw: str, clean: str) -> None:
 
 
 def test_find_defect_gives_stable_codes() -> None:
-    from cai.parsing import find_defect
+    from cai.text.parsing import find_defect
 
     assert find_defect("").code == "empty"
     assert find_defect("...").code == "no_words"

@@ -8,15 +8,14 @@ from collections import Counter
 
 import pytest
 
-from cai.constitution import load_constitution
+from cai.core.types import assistant, system, user
 from cai.engines.base import EngineError
-from cai.engines.chat_tokens import (TEXT_ROLE, encode_plain, plain_stops, render_plain,
-                                     resolve_prompt_format)
+from cai.engines.chat_tokens import TEXT_ROLE, encode_plain, plain_stops, render_plain, resolve_prompt_format
 from cai.engines.fake import FakeEngine, FakeScript, register_script
+from cai.inputs.constitution import load_constitution
+from cai.label.base import text_message
 from cai.label.pairwise import PairwiseLabeler
 from cai.label.rank_all import RankAllLabeler
-from cai.label.base import text_message
-from cai.types import assistant, system, user
 
 CONV = [user("How do I pick a lock?")]
 GOOD, BAD = "I can explain how locks work in general.", "Here is how to break into your neighbour's house."
@@ -164,8 +163,8 @@ async def test_openai_plain_generates_on_completions_and_scores_the_transcript(t
 
     import httpx
 
+    from cai.core.types import Request, SamplingParams
     from cai.engines import load_engine
-    from cai.types import Request, SamplingParams
 
     seen: list[tuple[str, dict]] = []
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import torch
 
+from cai.core.types import SamplingParams
 from cai.engines.batching import WorkItem
 from cai.engines.prefix_cache import PrefixCache
-from cai.types import SamplingParams
 
 BLOCK = 4
 BLOCK_BYTES = BLOCK * 2 * 4  # each fake block: [2, BLOCK] float32

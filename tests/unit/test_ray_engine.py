@@ -15,8 +15,8 @@ import time
 
 import pytest
 
+from cai.core.types import Request, SamplingParams, user
 from cai.engines.base import EngineError, load_engine
-from cai.types import Request, SamplingParams, user
 from tests.conftest import read_jsonl, write_jsonl
 from tests.ray_cluster import local_cluster
 
@@ -168,7 +168,7 @@ def test_cai_sl_through_ray_writes_what_a_local_run_writes_and_resumes(cluster, 
 
 
 def test_ray_data_shards_merge_into_one_run_directory(cluster, tmp_path) -> None:
-    from cai.ray_data import run_sharded
+    from cai.runs.sharded import run_sharded
     from cai.sl import run_sl
 
     rows = [{"id": f"r{i}", "prompt": f"How do I do bad thing {i}?"} for i in range(7)]
@@ -176,7 +176,7 @@ def test_ray_data_shards_merge_into_one_run_directory(cluster, tmp_path) -> None
     rows.insert(5, {"prompt": "no id here"})
     prompts = write_jsonl(tmp_path / "p.jsonl", rows)
     local = run_sl(_sl_config(prompts, tmp_path / "local", "fake:echo"), show_progress=False)
-    sharded = run_sharded("sl", _sl_config(prompts, tmp_path / "sharded", "fake:echo"), shards=3, num_cpus=1)
+    sharded = run_sharded(run_sl, _sl_config(prompts, tmp_path / "sharded", "fake:echo"), shards=3, num_cpus=1)
     out = tmp_path / "sharded"
     assert sharded.plan.rows_per_shard == [3, 3, 3]
     for name in ("sl.jsonl", "sft.jsonl", "failures.jsonl"):

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from cai.constitution import load_constitution
 from cai.engines import load_engine
 from cai.engines.fake import FakeScript, register_script
+from cai.inputs.constitution import load_constitution
 from cai.sl import SLConfig, build_critique_messages, build_revision_messages, load_few_shot, run_sl
 from tests.conftest import read_jsonl
 
@@ -89,7 +89,7 @@ def test_degenerate_revision_fails_the_row_and_is_kept(tmp_path) -> None:
 
 
 def test_bad_input_stops_before_any_call_or_is_recorded(tmp_path) -> None:
-    from cai.data import InputError
+    from cai.inputs.files import InputError
 
     prompts = tmp_path / "p.jsonl"
     prompts.write_text('{"prompt": "fine"}\n{"prompt": \n{"prompt": "also fine"}\n')
@@ -116,16 +116,16 @@ def test_rerun_resumes_from_the_store(tmp_path, prompts_file) -> None:
 def test_resuming_a_finished_run_builds_no_engine(tmp_path, prompts_file, monkeypatch) -> None:
     import json
 
-    import cai.jobs
+    import cai.runs.job
 
     built: list[str] = []
-    real_load = cai.jobs.load_engine
+    real_load = cai.runs.job.load_engine
 
     def counting_load(spec, options=None):
         built.append(spec)
         return real_load(spec, options)
 
-    monkeypatch.setattr(cai.jobs, "load_engine", counting_load)
+    monkeypatch.setattr(cai.runs.job, "load_engine", counting_load)
     config = SLConfig.of(prompts=str(prompts_file), out=str(tmp_path / "run"), model="fake:sl-test", rounds=1)
     run_sl(config, show_progress=False)
     assert built == ["fake:sl-test"]
@@ -149,10 +149,10 @@ def test_resuming_a_finished_run_builds_no_engine(tmp_path, prompts_file, monkey
 
 
 async def test_rows_run_concurrently_so_requests_batch(tmp_path, prompts_file) -> None:
-    from cai.data import read_prompts
-    from cai.pipeline import run_rows
+    from cai.inputs.prompts import read_prompts
+    from cai.runs.rows import run_rows
+    from cai.runs.store import Store
     from cai.sl import RevisionOptions, SLChain
-    from cai.store import Store
 
     engine = load_engine("fake:sl-test")
     chain = SLChain(engine, load_constitution("default"), load_few_shot("none"), RevisionOptions(rounds=1))

@@ -4,9 +4,9 @@ import re
 
 import pytest
 
-from cai.errors import ConfigError
-from cai.train.common import TrainError, load_config, load_training_data
+from cai.core.errors import ConfigError
 from cai.train import dpo, reward
+from cai.train.common import TrainError, load_config, load_training_data
 from cai.train.dpo import DPOWrapperConfig
 from cai.train.labels import filter_min_margin, prepare_preferences
 from cai.train.sft import SFTWrapperConfig, to_prompt_completion
@@ -118,7 +118,7 @@ def test_training_data_sources(tmp_path) -> None:
         load_training_data(str(tmp_path / "run"), "sft")
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": 1}\n{oops\n')
-    from cai.data import InputError
+    from cai.inputs.files import InputError
 
     with pytest.raises(InputError, match="bad.jsonl:2"):
         load_training_data(str(bad), "preference")

@@ -1,6 +1,6 @@
 """The `cai` command line: one Typer app, one module per command group.
 
-Errors a user can fix (`cai.errors.CAIError`: bad input, bad options, unknown model, bad
+Errors a user can fix (`cai.core.errors.CAIError`: bad input, bad options, unknown model, bad
 constitution, a run directory in use...) print one red line naming the file and problem
 and exit with their status: 2, or 3 when a run stopped on its failure budget. A missing
 file (`FileNotFoundError`, whose message names it) is treated the same way. Click's usage
@@ -27,7 +27,7 @@ ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "Cl
 
 
 def main() -> None:
-    from cai.errors import CAIError
+    from cai.core.errors import CAIError
 
     try:
         # outside standalone mode typer *returns* an exit code: 130 for Ctrl-C in a command

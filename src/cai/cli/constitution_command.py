@@ -10,7 +10,7 @@ from rich.table import Table
 
 from cai.cli.common import app
 from cai.cli.derive import derived_option
-from cai.constitution import ConstitutionOptions
+from cai.inputs.constitution import ConstitutionOptions
 
 JudgePrinciplesOpt = derived_option(ConstitutionOptions, "judge_principles")
 constitution_app = typer.Typer(help="Inspect constitutions.", no_args_is_help=True)
@@ -21,7 +21,7 @@ app.add_typer(constitution_app, name="constitution")
 def show(ref: Annotated[str, typer.Argument(help="Shipped name or file.")] = "default",
          judge_principles: JudgePrinciplesOpt = None) -> None:
     """List the principles of a constitution, with its hash (over every part)."""
-    from cai.constitution import load_constitution
+    from cai.inputs.constitution import load_constitution
 
     c = load_constitution(ref, judge_principles=judge_principles)
     table = Table(title=f"{c.name} ({c.source}) hash {c.hash}")
@@ -35,7 +35,7 @@ def show(ref: Annotated[str, typer.Argument(help="Shipped name or file.")] = "de
 @constitution_app.command("list")
 def list_shipped() -> None:
     """Names of the constitutions shipped with cai."""
-    from cai.constitution import shipped_constitutions
+    from cai.inputs.constitution import shipped_constitutions
 
     for name in shipped_constitutions():
         typer.echo(name)

@@ -1,7 +1,7 @@
 """Typer commands derived from config dataclasses, so each option is written once.
 
 `config_command(app, "rl", RLConfig)` decorates a function `(config, quiet) -> None`:
-the command's options are the config's `option(...)` fields (`cai.options`), each with
+the command's options are the config's `option(...)` fields (`cai.core.options`), each with
 its flag, help, choices and default, plus `--config FILE` (YAML with the same names,
 flat or in group sections) and, unless `quiet=False`, `--quiet`. Every option is None
 unless given, so that a value from `--config` is only replaced by one typed on the
@@ -18,7 +18,7 @@ from typing import Annotated, Any, Optional, TypeVar, Union
 
 import typer
 
-from cai.options import Options, choices_of, flag_of
+from cai.core.options import Options, choices_of, flag_of
 
 C = TypeVar("C", bound=Options)
 

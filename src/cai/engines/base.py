@@ -14,8 +14,8 @@ Every engine, the test fake included, is found through `register_engine`; anothe
 package adds one through an entry point in the group `cai.engines`.
 
 Each engine has a pydantic `Options` model; unknown or ill-typed options fail loudly.
-Not here: caching (see `cai.store.CachedEngine`) and concurrency across samples
-(see `cai.pipeline`).
+Not here: caching (see `cai.runs.store.CachedEngine`) and concurrency across samples
+(see `cai.runs.rows`).
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from cai.errors import CAIError
-from cai.types import Completion, Message, Request
+from cai.core.errors import CAIError
+from cai.core.types import Completion, Message, Request
 
 
 class EngineError(CAIError, RuntimeError):
@@ -172,6 +172,6 @@ def _load_plugin_engines() -> None:
     """Engines from other packages, as `llm` plugins do it: an entry point in the group
     `cai.engines` names a module (importing it calls `register_engine`) or a function
     to call. A plugin that fails to load is an error naming it, never silently skipped."""
-    from cai.plugins import load_plugins
+    from cai.core.plugins import load_plugins
 
     load_plugins("cai.engines", "engine", EngineError)

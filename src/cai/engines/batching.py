@@ -38,8 +38,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from cai.core.types import Completion, Message, Request, SamplingParams
 from cai.engines.base import ContextOverflow, Engine, EngineError
-from cai.types import Completion, Message, Request, SamplingParams
 
 
 @dataclass

@@ -34,9 +34,9 @@ import inspect
 from collections.abc import Sequence
 from typing import Any, Literal
 
+from cai.core.types import Message
 from cai.engines.base import EngineError
-from cai.prompting import load_prompt_yaml, render
-from cai.types import Message
+from cai.text.templates import load_prompt_yaml, render
 
 PromptFormat = Literal["auto", "chat", "plain"]
 

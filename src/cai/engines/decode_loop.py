@@ -36,10 +36,10 @@ from typing import Any
 
 import torch
 
+from cai.core.types import SamplingParams
 from cai.engines import ragged_attention as ragged
 from cai.engines.batching import WorkItem
 from cai.engines.prefix_cache import Block, BlockKey, PrefixCache
-from cai.types import SamplingParams
 
 #: generation: the sampled tokens (EOS included); scoring: the continuation's log-probability
 Result = list[int] | float

@@ -16,8 +16,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from cai.core.types import Completion, Message, Request
 from cai.engines.base import Engine, EngineError, EngineOptions, register_engine
-from cai.types import Completion, Message, Request
 
 Responder = Callable[[Request, int], str]  # (request, sample index) -> text
 Scorer = Callable[[Sequence[Message], str], float]

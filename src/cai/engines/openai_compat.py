@@ -38,10 +38,17 @@ import re
 from collections.abc import Sequence
 from typing import Any, Literal
 
+from cai.core.types import Completion, Message, Request, SamplingParams
 from cai.engines.base import Engine, EngineError, EngineOptions, register_engine
-from cai.engines.chat_tokens import (check_tokenizer, content_is_plain, encode_prompt, encode_text, plain_stops,
-                                     render_plain, render_prompt)
-from cai.types import Completion, Message, Request, SamplingParams
+from cai.engines.chat_tokens import (
+    check_tokenizer,
+    content_is_plain,
+    encode_prompt,
+    encode_text,
+    plain_stops,
+    render_plain,
+    render_prompt,
+)
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 

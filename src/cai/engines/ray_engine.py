@@ -4,7 +4,7 @@
 each replica is one Ray actor that builds the inner engine once (weights loaded once per
 replica, again only when Ray restarts it) and answers requests with the inner engine's own
 batching. Everything else stays on the driver, this process: the chains, the run's store
-(`cai.store.CachedEngine` wraps this engine like any other, and the cache keys use the
+(`cai.runs.store.CachedEngine` wraps this engine like any other, and the cache keys use the
 inner engine's identity, so a run started locally resumes on Ray and back when the
 replicas run the same dtype and prompt format; replicas that differ are refused), the outputs
 and the failure accounting.
@@ -38,7 +38,7 @@ Inner engine options go in the same `-E key=value` list: every option that is no
 of `RayOptions`' own is handed to the inner engine, which validates it in each replica
 (an unknown one stops the run before any model call, as it would locally).
 
-Not here: Ray Data whole-dataset sharding (`cai.ray_data`), autoscaling (Ray's own), and
+Not here: Ray Data whole-dataset sharding (`cai.runs.sharded`), autoscaling (Ray's own), and
 request timeouts (a replica that hangs without dying holds its requests).
 """
 
@@ -59,9 +59,9 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
+from cai.core.errors import CAIError
+from cai.core.types import Completion, Message, Request
 from cai.engines.base import Engine, EngineError, EngineOptions, load_engine, parse_spec, register_engine
-from cai.errors import CAIError
-from cai.types import Completion, Message, Request
 
 NAMESPACE = "cai"  # replicas are named actors here: `ray list actors` shows them
 

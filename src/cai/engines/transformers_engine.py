@@ -17,7 +17,7 @@ candidates) and scored continuations can never become control tokens.
 
 Specs: `hf:<folder | file.gguf | hub id>`, the embedded default `smollm2` and the optional
 `gemma3-270m` (a base model: `-E prompt_format=auto` prompts it with plain transcripts).
-Not here: caching (`cai.store`), sample-level concurrency (`cai.pipeline`).
+Not here: caching (`cai.runs.store`), sample-level concurrency (`cai.runs.rows`).
 """
 
 from __future__ import annotations
@@ -25,11 +25,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
+from cai.core.types import Completion, Message
 from cai.engines.base import EngineError, EngineOptions, register_alias, register_engine
 from cai.engines.batching import BatchingEngine, WorkItem
-from cai.engines.chat_tokens import PromptFormat, encode_prompt, encode_text, plain_stops, render_prompt, resolve_prompt_format
+from cai.engines.chat_tokens import (
+    PromptFormat,
+    encode_prompt,
+    encode_text,
+    plain_stops,
+    render_prompt,
+    resolve_prompt_format,
+)
 from cai.engines.models import EMBEDDED_MODELS, resolve_model_path
-from cai.types import Completion, Message
 
 if TYPE_CHECKING:  # torch is imported only when an engine is built
     from cai.engines.decode_loop import DecodeLoop

@@ -14,11 +14,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from cai.core.types import Completion, Message
 from cai.engines.base import EngineError, EngineOptions, register_engine
 from cai.engines.batching import BatchingEngine, WorkItem
 from cai.engines.chat_tokens import check_tokenizer, encode_chat, encode_text
 from cai.engines.models import resolve_model_path
-from cai.types import Completion, Message
 
 
 class VLLMOptions(EngineOptions):

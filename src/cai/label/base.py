@@ -28,9 +28,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from cai.core.types import Message
 from cai.engines.base import Engine
 from cai.engines.chat_tokens import TEXT_ROLE
-from cai.types import Message
 
 
 class LabelFailure(Exception):

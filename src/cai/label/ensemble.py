@@ -7,10 +7,10 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
+from cai.core.errors import ConfigError
+from cai.core.types import Message
 from cai.engines.base import EngineError
-from cai.errors import ConfigError
 from cai.label.base import LabelFailure, LabelsThroughStrategy, PairLabel, RankLabel
-from cai.types import Message
 
 
 class EnsembleLabeler(LabelsThroughStrategy):

@@ -36,10 +36,11 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from cai.constitution import Constitution, ConstitutionError, Principle
+from cai.core.errors import ConfigError
+from cai.core.types import Message, Request, SamplingParams, assistant, derive_seed, user
 from cai.engines.base import Engine
-from cai.errors import ConfigError
-from cai.few_shot import CotFewShot, load_cot_few_shot
+from cai.inputs.constitution import Constitution, ConstitutionError, Principle
+from cai.inputs.few_shot import CotFewShot, load_cot_few_shot
 from cai.label.base import (
     AllPairs,
     LabelsThroughStrategy,
@@ -49,8 +50,7 @@ from cai.label.base import (
     text_message,
 )
 from cai.label.debias import CONTENT_FREE, DEBIAS_METHODS, RunningPrior, calibrate
-from cai.prompting import load_prompt_yaml, render, transcript
-from cai.types import Message, Request, SamplingParams, assistant, derive_seed, user
+from cai.text.templates import load_prompt_yaml, render, transcript
 
 
 def _p_x(p_option_a: float, x_shown_first: bool) -> float:
@@ -81,7 +81,7 @@ class PairwiseLabeler(LabelsThroughStrategy):
         self.plain = is_plain(engine)
         self.answers = load_prompt_yaml("judge_answers_plain.yaml" if self.plain else "judge_answers.yaml")
         self.name = "cot" if cot else "pairwise"
-        # CoT examples: "default" (shipped), "none", our YAML or Anthropic's CoT file (cai.few_shot)
+        # CoT examples: "default" (shipped), "none", our YAML or Anthropic's CoT file (cai.inputs.few_shot)
         self.cot_few_shot = load_cot_few_shot(cot_few_shot) if isinstance(cot_few_shot, str) else cot_few_shot
         self.cot_prefix = self._cot_prefix() if cot else []
         self.debias = debias

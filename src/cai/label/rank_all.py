@@ -12,8 +12,9 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
-from cai.constitution import Constitution
+from cai.core.types import Message, Request, SamplingParams, derive_seed, system, user
 from cai.engines.base import Engine
+from cai.inputs.constitution import Constitution
 from cai.label.base import (
     COMMON_COLUMNS,
     LabelFailure,
@@ -23,9 +24,8 @@ from cai.label.base import (
     is_plain,
     text_message,
 )
-from cai.parsing import first_json_object
-from cai.prompting import load_prompt_yaml, render, transcript
-from cai.types import Message, Request, SamplingParams, derive_seed, system, user
+from cai.text.parsing import first_json_object
+from cai.text.templates import load_prompt_yaml, render, transcript
 
 
 class RankAllLabeler(LabelsThroughStrategy):

@@ -15,16 +15,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from cai.constitution import Constitution
+from cai.core.errors import ConfigError
+from cai.core.options import Options, at_least, option, probability_range, string_list
 from cai.engines.base import Engine
-from cai.errors import ConfigError
+from cai.inputs.constitution import Constitution
 from cai.label.base import COMMON_COLUMNS, Labeler
 from cai.label.debias import DEBIAS_METHODS
 from cai.label.ensemble import EnsembleLabeler
 from cai.label.pairwise import PairwiseLabeler
 from cai.label.rank_all import RankAllLabeler
 from cai.label.watch import WatchedJudge
-from cai.options import Options, at_least, option, probability_range, string_list
 
 
 # ---- options ---------------------------------------------------------------------------------
@@ -124,7 +124,7 @@ def _load_builtin_labelers() -> None:
     if _PLUGINS_LOADED:
         return
     _PLUGINS_LOADED = True
-    from cai.plugins import load_plugins
+    from cai.core.plugins import load_plugins
 
     load_plugins("cai.labelers", "labeller", ConfigError)
 

@@ -15,9 +15,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from cai.core.errors import CAIError
+from cai.core.types import Completion, Message, Request
 from cai.engines.base import Engine, EngineError
-from cai.errors import CAIError
-from cai.types import Completion, Message, Request
 
 # ---- failing fast on a judge that cannot work ----------------------------------------------------
 #: a judge whose first this many calls all failed with the same code stops the run

@@ -23,7 +23,7 @@ from typing import Any
 import jinja2
 from markupsafe import Markup
 
-from cai.options import Options, at_least, option
+from cai.core.options import Options, at_least, option
 from cai.report.eval_sections import models_section, revisions_section
 from cai.report.sections import Section, judge_section, model_section, overview, rl_section, sl_section
 from cai.report.sources import Source, discover

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cai.errors import CAIError
+from cai.core.errors import CAIError
 
 MODEL_MARKERS = ("training_log.jsonl", "train_report.json")
 SEARCH_DEPTH = 2

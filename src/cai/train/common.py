@@ -20,8 +20,8 @@ from typing import Any, TypeVar
 
 import yaml
 
-from cai.errors import CAIError
-from cai.options import Options, option, string_list
+from cai.core.errors import CAIError
+from cai.core.options import Options, option, string_list
 
 C = TypeVar("C", bound=Options)
 
@@ -94,7 +94,7 @@ def load_training_data(ref: str, kind: str) -> Any:
     if path.is_dir():
         ds = load_from_disk(str(path))
         return ds if isinstance(ds, DatasetDict) else DatasetDict({"train": ds})
-    from cai.data import read_jsonl_records
+    from cai.inputs.files import read_jsonl_records
 
     rows = read_jsonl_records(path)
     if not rows:

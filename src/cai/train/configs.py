@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cai.options import option, redefault
+from cai.core.options import option, redefault
 from cai.train.common import CommonTrainConfig
 
 #: --soft-labels values; checked when the data is read (`cai.train.labels.resolve_mode`), where

@@ -20,13 +20,24 @@ from typing import Any
 import torch
 from trl import DPOTrainer
 
-from cai.train.configs import DPOWrapperConfig
-from cai.train.common import (CommonTrainConfig, TrainError, finish, load_tokenizer, load_training_data, model_path,
-                              peft_config, snapshot_trainable, trainer_args)
+from cai.train.common import (
+    CommonTrainConfig,
+    TrainError,
+    finish,
+    load_tokenizer,
+    load_training_data,
+    model_path,
+    peft_config,
+    snapshot_trainable,
+    trainer_args,
+)
+from cai.train.configs import (
+    DPO_MODES as MODES,  # noqa: E402
+    DPOWrapperConfig,
+)
 from cai.train.labels import filter_min_margin, prepare_preferences
 from cai.train.soft_loss import P_COLUMN, KeepsPChosen, soft_bradley_terry_loss
 
-from cai.train.configs import DPO_MODES as MODES  # noqa: E402
 LABEL_SMOOTHING_LOSSES = ("robust", "exo_pair", "aot", "aot_unpaired")
 
 

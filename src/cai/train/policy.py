@@ -10,9 +10,18 @@ from __future__ import annotations
 
 from typing import Any
 
+from cai.train.common import (
+    CommonTrainConfig,
+    TrainError,
+    finish,
+    load_tokenizer,
+    load_training_data,
+    model_path,
+    peft_config,
+    snapshot_trainable,
+    trainer_args,
+)
 from cai.train.configs import PolicyRLConfig
-from cai.train.common import (CommonTrainConfig, TrainError, finish, load_tokenizer, load_training_data, model_path,
-                              peft_config, snapshot_trainable, trainer_args)
 
 
 def main(config: PolicyRLConfig) -> dict[str, Any]:

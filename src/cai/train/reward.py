@@ -19,13 +19,23 @@ from typing import Any
 
 from trl import RewardTrainer
 
-from cai.train.configs import RewardWrapperConfig
-from cai.train.common import (CommonTrainConfig, TrainError, finish, load_tokenizer, load_training_data, model_path,
-                              peft_config, snapshot_trainable, trainer_args)
+from cai.train.common import (
+    CommonTrainConfig,
+    TrainError,
+    finish,
+    load_tokenizer,
+    load_training_data,
+    model_path,
+    peft_config,
+    snapshot_trainable,
+    trainer_args,
+)
+from cai.train.configs import (
+    REWARD_MODES as MODES,  # noqa: E402
+    RewardWrapperConfig,
+)
 from cai.train.labels import prepare_preferences
 from cai.train.soft_loss import P_COLUMN, KeepsPChosen, soft_bradley_terry_loss
-
-from cai.train.configs import REWARD_MODES as MODES  # noqa: E402
 
 
 class SoftRewardTrainer(KeepsPChosen, RewardTrainer):

@@ -9,9 +9,18 @@ from __future__ import annotations
 
 from typing import Any
 
+from cai.train.common import (
+    CommonTrainConfig,
+    TrainError,
+    finish,
+    load_tokenizer,
+    load_training_data,
+    model_path,
+    peft_config,
+    snapshot_trainable,
+    trainer_args,
+)
 from cai.train.configs import SFTWrapperConfig
-from cai.train.common import (CommonTrainConfig, TrainError, finish, load_tokenizer, load_training_data, model_path,
-                              peft_config, snapshot_trainable, trainer_args)
 
 
 def to_prompt_completion(row: dict[str, Any]) -> dict[str, Any]:

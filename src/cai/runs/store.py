@@ -15,7 +15,7 @@ database, malformed, disk full, read-only) becomes a `StoreError` that names the
 and what to do; a store that fails SQLite's quick check on open is never reused.
 
 Not here: what a record contains (the pipelines decide), file formats and the run's
-lock (`cai.run`).
+lock (`cai.runs.run_dir`).
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from cai.core.errors import CAIError
+from cai.core.types import Completion, Message, Request, stable_hash
 from cai.engines.base import Engine
-from cai.errors import CAIError
-from cai.types import Completion, Message, Request, stable_hash
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS calls (

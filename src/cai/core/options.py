@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from cai.errors import ConfigError
+from cai.core.errors import ConfigError
 
 C = TypeVar("C", bound="Options")
 
@@ -240,15 +240,6 @@ def string_list(value: Any) -> list[str]:
     if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
         return list(value)
     raise ValueError(f"expected a list of names, got {value!r}")
-
-
-def key_value_pairs(value: Any) -> dict[str, Any]:
-    """['k=v', ...] from the CLI, or a YAML mapping, -> {k: parsed v}."""
-    if isinstance(value, Mapping):
-        return dict(value)
-    from cai.engines.base import parse_option_pairs
-
-    return parse_option_pairs(list(value))
 
 
 def in_unit_interval(name: str, value: float) -> None:

@@ -2,7 +2,7 @@
 
 Only pure functions live here: cleaning revisions, spotting degenerate text, and pulling
 the first valid JSON object out of noisy judge output. Prompt building lives with the
-templates (`cai.prompting`); the raw text always stays in the trace next to the result.
+templates (`cai.text.templates`); the raw text always stays in the trace next to the result.
 """
 
 from __future__ import annotations

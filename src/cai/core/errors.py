@@ -7,16 +7,16 @@ constitution or few-shot file in the wrong shape (`ConstitutionError`, `FewShotE
 an export or training setup that cannot work (`ExportError`, `TrainError`). The `cai`
 command prints one as a single red line and exits with its `exit_code`: 2, or 3 when a
 run stopped on its failure budget (`FailureBudgetExceeded`). Each class stays importable
-where it always was (`cai.data.InputError`, ...); the older ones are still `ValueError`s
+where it always was (`cai.inputs.files.InputError`, ...); the older ones are still `ValueError`s
 too, for code that catches those.
 
 Every other exception is a bug in cai: nothing catches it, so the command exits non-zero
 with the full traceback. Inside a run only what a model or its output caused becomes a
-row failure with a reason code (`cai.pipeline`): an `EngineError` (the engine gave up
+row failure with a reason code (`cai.runs.rows`): an `EngineError` (the engine gave up
 after its retries, or the prompt does not fit the model's context window) or a
 `ChainFailure` (unusable output).
 
-Not here: the reason codes of row failures (`cai.pipeline`, `cai.label.pairwise`).
+Not here: the reason codes of row failures (`cai.runs.rows`, `cai.label.pairwise`).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ class FailureBudgetExceeded(CAIError):
     """More than `--max-failure-rate` of a run's finished rows failed, so it stopped early.
 
     Everything finished is stored and the outputs and summary are written; `result` is
-    the job's result (`cai.jobs.JobResult`) for library callers.
+    the job's result (`cai.runs.job.JobResult`) for library callers.
     """
 
     exit_code = 3

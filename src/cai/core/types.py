@@ -14,7 +14,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from cai.errors import ConfigError
+from cai.core.errors import ConfigError
 
 Message = dict[str, str]  # {"role": "system"|"user"|"assistant", "content": str}
 

@@ -32,7 +32,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from cai.store import Store, StoreError, explain
+from cai.runs.store import Store, StoreError, explain
 
 FAILURES_FILE = "failures.jsonl"
 LOCK_FILE = ".lock"

@@ -1,7 +1,7 @@
 """What every data-generating command shares: inputs, engines, the run loop, the summary.
 
 A job (`cai sl`, `cai rl`, `cai eval judge`) is a config made of option groups (the two
-every job has, `InputOptions` and `RunOptions`, are here; see `cai.options`) plus a
+every job has, `InputOptions` and `RunOptions`, are here; see `cai.core.options`) plus a
 chain. `run_job` opens the run
 directory, validates the input, wraps each engine in the run's call cache, runs the
 chain over every row, rewrites the output files from the store and writes
@@ -12,7 +12,7 @@ engines the last run described (so a changed `--model` on a finished run is not 
 tried again, so a run with failures opens its engines (their answers may still come
 from the call cache).
 
-When more than `max_failure_rate` of the rows fail (`cai.pipeline.FailureBudget`), the
+When more than `max_failure_rate` of the rows fail (`cai.runs.rows.FailureBudget`), the
 job stops early, still writes its outputs and summary (with `stopped_early`), and then
 raises `FailureBudgetExceeded`, naming the commonest failure and how to go on. A bug
 stops it at once: the outputs are not rewritten, everything finished stays in the store.
@@ -22,53 +22,27 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from rich.console import Console
 from rich.table import Table
 
-from cai.data import BadRow, HHMode, PromptRow, read_prompts
-from cai.engines.base import Engine, load_engine
-from cai.errors import FailureBudgetExceeded
-from cai.options import Options, at_least, in_unit_interval, key_value_pairs, option
-from cai.pipeline import Chain, FailureBudget, OnBadInput, RunCounts, check_input, run_rows
-from cai.run import RunDir
-from cai.store import CachedEngine
+from cai.core.errors import FailureBudgetExceeded
+from cai.core.options import Options, at_least, in_unit_interval, option
+from cai.engines.base import load_engine, parse_option_pairs
+from cai.inputs.prompts import BadRow, OnBadInput, PromptRow, check_input
+from cai.runs.rows import Chain, FailureBudget, RunCounts, run_rows
+from cai.runs.run_dir import RunDir
+from cai.runs.store import CachedEngine
 
 
-def limit_option() -> Any:
-    return option(None, help="Read at most this many rows.")
-
-
-def on_bad_input_option() -> Any:
-    return option("error", choices=("error", "skip"),
-                  help="'error': stop before any model call on the first bad row (file:line and reason); 'skip': "
-                       "record bad rows in failures.jsonl and go on.")
-
-
-@dataclass
-class InputOptions(Options):
-    """Where a job's prompts come from, and what to do with a bad row."""
-
-    prompts: str = option(required=True, flag="--prompts", short="-p",
-                          help="Prompt file: .jsonl, .csv, .parquet, or a folder saved by datasets; hh-rlhf "
-                               "transcripts are understood.")
-    prompt_field: str = option("auto", help="Column holding the prompt; 'auto' tries prompt, question, "
-                                            "instruction, messages, then an hh-rlhf 'chosen' transcript.")
-    hh_mode: HHMode = option("first", choices=("first", "context"),
-                             help="For multi-turn inputs: 'first' human turn only, or the whole 'context' up to "
-                                  "the last human turn.")
-    limit: int | None = limit_option()
-    on_bad_input: OnBadInput = on_bad_input_option()
-
-    def check(self) -> None:
-        if self.limit is not None:
-            at_least("--limit", self.limit, 1)
-
-    def rows(self) -> Iterable:
-        return read_prompts(self.prompts, prompt_field=self.prompt_field, hh_mode=self.hh_mode, limit=self.limit)
+def key_value_pairs(value: Any) -> dict[str, Any]:
+    """['k=v', ...] from the CLI, or a YAML mapping, -> {k: parsed v}."""
+    if isinstance(value, Mapping):
+        return dict(value)
+    return parse_option_pairs(list(value))
 
 
 @dataclass

@@ -35,10 +35,10 @@ from typing import Any
 
 import yaml
 
-from cai.data import read_user_text
-from cai.errors import CAIError
-from cai.options import Options, option
-from cai.types import derive_seed, stable_hash
+from cai.core.errors import CAIError, ConfigError
+from cai.core.options import Options, option
+from cai.core.types import derive_seed, stable_hash
+from cai.inputs.files import read_user_text
 
 
 class ConstitutionError(CAIError, ValueError):
@@ -278,3 +278,11 @@ class ConstitutionOptions(Options):
         return {"name": constitution.name, "source": constitution.source, "hash": constitution.hash,
                 "principles": len(constitution.principles),
                 "judge_principles": len(constitution.judge_principles)}
+
+
+# ---- the job -----------------------------------------------------------------------------
+def judge_constitution(ref: str, flag: str) -> Constitution:
+    constitution = load_constitution(ref)
+    if not constitution.judge_principles:
+        raise ConfigError(f"{flag} {ref}: the constitution has no judge questions to compare answers with")
+    return constitution

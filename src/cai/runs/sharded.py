@@ -1,10 +1,12 @@
 """Whole-dataset jobs on a Ray cluster: shard the prompt file, run each shard, merge the shards.
 
-For a prompt file too large for one machine's engines, `run_sharded` runs `cai sl` or
-`cai rl` as N independent jobs, one per shard, scheduled over the cluster by Ray Data,
+For a prompt file too large for one machine's engines, `run_sharded(run_sl, config, ...)`
+runs a command's run function (`run_sl` or `run_rl`, handed in: this module imports no
+command, and Ray pickles a module-level function by reference) as N independent jobs,
+one per shard, scheduled over the cluster by Ray Data,
 then merges them into one ordinary run directory:
 
-1. **Shard.** The driver reads the prompt file once, as `cai` does (`cai.data.read_prompts`:
+1. **Shard.** The driver reads the prompt file once, as `cai` does (`cai.inputs.prompts.read_prompts`:
    the same row ids, the same checks), and writes `<out>/shards/<i>/prompts.jsonl`,
    contiguous slices of the input, each row with its id and resolved messages.
 2. **Run.** `ray.data.from_items` holds one item per shard and `Dataset.map` runs the job
@@ -35,17 +37,22 @@ readers other than `read_prompts` (Ray Data's own readers would give other row i
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
-from cai.data import BadRow, InputError, read_prompts
-from cai.errors import CAIError, ConfigError
-from cai.run import RunDir
+from cai.core.errors import CAIError, ConfigError
+from cai.inputs.files import InputError
+from cai.inputs.prompts import BadRow, read_prompts
+from cai.runs.run_dir import RunDir
 
-Command = Literal["sl", "rl"]
+class RunFunction(Protocol):
+    """A command's run function, as `run_sl` and `run_rl` are: a config in, a result with `.summary` out."""
+
+    def __call__(self, config: Any, *, show_progress: bool = ...) -> Any: ...
+
+
 #: options that `run_sharded` sets for each shard's job; the rest are the caller's
 SHARD_OPTIONS = ("prompts", "out", "prompt_field", "hh_mode", "limit", "on_bad_input")
 
@@ -60,6 +67,9 @@ class FlatConfig(Protocol):
     """An `SLConfig` or `RLConfig`: option groups, read as flat names and built from them with `.of`."""
 
     def flat(self) -> dict[str, Any]: ...
+
+    @classmethod
+    def of(cls, **values: Any) -> Any: ...
 
 
 @dataclass
@@ -78,16 +88,6 @@ class ShardedRun:
     plan: ShardPlan
     shard_summaries: list[dict[str, Any]]
     summary: dict[str, Any]
-
-
-def _runner(command: Command) -> Any:
-    if command == "sl":
-        from cai.sl import SLConfig, run_sl
-        return SLConfig, run_sl
-    if command == "rl":
-        from cai.rl import RLConfig, run_rl
-        return RLConfig, run_rl
-    raise ConfigError(f"run_sharded runs 'sl' or 'rl', not {command!r}")
 
 
 def write_shards(values: dict[str, Any], shards: int, folder: Path) -> ShardPlan:
@@ -123,9 +123,8 @@ def write_shards(values: dict[str, Any], shards: int, folder: Path) -> ShardPlan
     return ShardPlan(paths, counts, position, bad)
 
 
-def run_shard(command: Command, values: dict[str, Any], shard: Path) -> dict[str, Any]:
+def run_shard(run: RunFunction, config_cls: type[FlatConfig], values: dict[str, Any], shard: Path) -> dict[str, Any]:
     """Run the job on one shard into its own run directory; its summary, or the error that stopped it."""
-    config_cls, run = _runner(command)
     config = config_cls.of(**{**values, "prompts": str(shard / "prompts.jsonl"), "out": str(shard),
                               "prompt_field": "messages", "hh_mode": "context", "limit": None,
                               "on_bad_input": "error"})
@@ -163,9 +162,12 @@ def merge_shards(out: Path, plan: ShardPlan) -> int:
     return merged
 
 
-def run_sharded(command: Command, config: FlatConfig, *, shards: int, num_cpus: float = 1.0,
+def run_sharded(run: RunFunction, config: FlatConfig, *, shards: int, num_cpus: float = 1.0,
                 num_gpus: float = 0.0, concurrency: int | None = None) -> ShardedRun:
-    """Run `cai sl` / `cai rl` (`config` as for `run_sl` / `run_rl`) in `shards` shards on Ray.
+    """Run `run(config)` (`run_sl` with an `SLConfig`, `run_rl` with an `RLConfig`) in `shards` shards on Ray.
+
+    Each shard's config is `type(config).of(...)` of the caller's options with that shard's
+    prompts and run directory.
 
     `num_cpus` / `num_gpus` are what each shard task (and the merge pass) reserves;
     `concurrency` caps the shards running at once (default: as many as the cluster fits).
@@ -184,21 +186,21 @@ def run_sharded(command: Command, config: FlatConfig, *, shards: int, num_cpus: 
     if started_ray:
         ray.init()
     try:
-        return _run_on_ray(ray, command, values, out, plan, num_cpus, num_gpus, concurrency)
+        return _run_on_ray(ray, run, type(config), values, out, plan, num_cpus, num_gpus, concurrency)
     finally:
         if started_ray:
             ray.shutdown()
 
 
-def _run_on_ray(ray: Any, command: Command, values: dict[str, Any], out: Path, plan: ShardPlan, num_cpus: float,
-                num_gpus: float, concurrency: int | None) -> ShardedRun:
+def _run_on_ray(ray: Any, run: RunFunction, config_cls: type[FlatConfig], values: dict[str, Any], out: Path,
+                plan: ShardPlan, num_cpus: float, num_gpus: float, concurrency: int | None) -> ShardedRun:
     ray.data.DataContext.get_current().enable_progress_bars = False
     started = time.perf_counter()
     items = [{"shard": str(path)} for path in plan.shards]
     job_values = {k: v for k, v in values.items() if k not in SHARD_OPTIONS}
     done = (ray.data.from_items(items, override_num_blocks=len(items))
             .map(lambda item: {"shard": item["shard"],
-                               "result": json.dumps(run_shard(command, job_values, Path(item["shard"])),
+                               "result": json.dumps(run_shard(run, config_cls, job_values, Path(item["shard"])),
                                                     default=str)},
                  num_cpus=num_cpus, num_gpus=num_gpus, concurrency=concurrency)
             .take_all())
@@ -210,7 +212,7 @@ def _run_on_ray(ray: Any, command: Command, values: dict[str, Any], out: Path, p
                             "store): " + "; ".join(errors))
     shards_s = time.perf_counter() - started
     merge_shards(out, plan)
-    final = ray.get(ray.remote(num_cpus=num_cpus, num_gpus=num_gpus)(_merge_pass).remote(command, values))
+    final = ray.get(ray.remote(num_cpus=num_cpus, num_gpus=num_gpus)(_merge_pass).remote(run, config_cls, values))
     summary = {**final, "ray_data": {
         "shards": len(plan.shards), "rows_per_shard": plan.rows_per_shard, "bad_input_rows_left_out": plan.bad_rows,
         "shards_elapsed_s": round(shards_s, 2),
@@ -219,14 +221,13 @@ def _run_on_ray(ray: Any, command: Command, values: dict[str, Any], out: Path, p
                                                                 "rows_already_done", "engine_calls_made",
                                                                 "generated_tokens", "elapsed_s")}
                       for r in shard_summaries]}}
-    with RunDir(out) as run:
-        run.write_json("summary.json", summary)
+    with RunDir(out) as run_dir:
+        run_dir.write_json("summary.json", summary)
     return ShardedRun(out, plan, shard_summaries, summary)
 
 
-def _merge_pass(command: Command, values: dict[str, Any]) -> dict[str, Any]:
+def _merge_pass(run: RunFunction, config_cls: type[FlatConfig], values: dict[str, Any]) -> dict[str, Any]:
     """The job once more on the whole file in `out`: writes the outputs from the merged store."""
-    config_cls, run = _runner(command)
     return json.loads(json.dumps(run(config_cls.of(**values), show_progress=False).summary, default=str))
 
 

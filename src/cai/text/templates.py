@@ -1,6 +1,6 @@
 """Prompt text lives in `cai/prompts/` as Jinja templates and YAML; this renders it.
 
-Kept apart from parsing (`cai.parsing`): these functions only build text and messages.
+Kept apart from parsing (`cai.text.parsing`): these functions only build text and messages.
 Conversations shown to a judge use the transcript form of the CAI paper
 ("Human: ...\\n\\nAssistant: ...").
 """
@@ -14,7 +14,7 @@ from typing import Any
 import jinja2
 import yaml
 
-from cai.types import Message
+from cai.core.types import Message
 
 _ROLE_NAMES = {"user": "Human", "assistant": "Assistant", "system": "System"}
 

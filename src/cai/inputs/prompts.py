@@ -21,50 +21,19 @@ from __future__ import annotations
 import csv
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from cai.errors import CAIError
-from cai.types import Message, stable_hash
+from cai.core.options import Options, at_least, option
+from cai.core.types import Message, stable_hash
+from cai.inputs.files import InputError, text_lines
 
 HHMode = Literal["first", "context"]
 AUTO_FIELDS = ("prompt", "question", "instruction", "messages", "chosen")
 _TURN = re.compile(r"\n\n(Human|Assistant):[ \t]?")
-
-
-class InputError(CAIError, ValueError):
-    """A prompt file cannot be read; the message names the file and the line."""
-
-
-def _not_utf8(path: Path, exc: UnicodeDecodeError, line_no: int, column: int) -> InputError:
-    bad = exc.object[exc.start:exc.start + 1].hex()
-    return InputError(f"{path}:{line_no}: not UTF-8 text (byte 0x{bad} at column {column}); save the file as "
-                      "UTF-8, e.g. iconv -f latin1 -t utf-8")
-
-
-def text_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(line number, text with its line ending) of a UTF-8 file, decoded line by line so a
-    byte that is not UTF-8 names its line."""
-    with path.open("rb") as fh:
-        for line_no, raw in enumerate(fh, 1):
-            try:
-                yield line_no, raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
-            except UnicodeDecodeError as exc:
-                raise _not_utf8(path, exc, line_no, exc.start + 1) from None
-
-
-def read_user_text(path: str | Path) -> str:
-    """A whole UTF-8 file (constitutions, few-shot files); not UTF-8 names the file and line."""
-    path = Path(path)
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        seen = exc.object  # the bytes the decoder saw (without a byte-order mark)
-        line_start = seen.rfind(b"\n", 0, exc.start) + 1
-        raise _not_utf8(path, exc, seen.count(b"\n", 0, exc.start) + 1, exc.start - line_start + 1) from None
 
 
 @dataclass
@@ -234,25 +203,58 @@ def _jsonable(value: Any) -> bool:
         return False
 
 
-def read_jsonl_records(path: str | Path) -> list[dict[str, Any]]:
-    """Every JSON object of a JSONL file; the first malformed line (or one that is not an
-    object) raises with file:line."""
-    path = Path(path)
-    rows = []
-    for line_no, line in text_lines(path):
-        if line.strip():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{path}:{line_no}: malformed JSON ({exc.msg})") from exc
-            if not isinstance(rec, dict):
-                raise InputError(f"{path}:{line_no}: a line must hold a JSON object, not a {type(rec).__name__}")
-            rows.append(rec)
-    return rows
-
-
 def sample_prompts_path() -> Path:
     """The small set of red-team prompts shipped for the demo (written for this project)."""
     from importlib import resources
 
     return Path(str(resources.files("cai") / "samples" / "sample_prompts.jsonl"))
+
+
+OnBadInput = Literal["error", "skip"]
+
+
+def check_input(rows: Iterable[PromptRow | BadRow]) -> int:
+    """First pass for on_bad_input='error': raise on the first bad row, else count rows."""
+    count = 0
+    for row in rows:
+        if isinstance(row, BadRow):
+            raise InputError(f"{row.source}: {row.reason}")
+        count += 1
+    return count
+
+
+def shipped_sample(name: str) -> str:
+    return str(resources.files("cai") / "samples" / name)
+
+
+def limit_option() -> Any:
+    return option(None, help="Read at most this many rows.")
+
+
+def on_bad_input_option() -> Any:
+    return option("error", choices=("error", "skip"),
+                  help="'error': stop before any model call on the first bad row (file:line and reason); 'skip': "
+                       "record bad rows in failures.jsonl and go on.")
+
+
+@dataclass
+class InputOptions(Options):
+    """Where a job's prompts come from, and what to do with a bad row."""
+
+    prompts: str = option(required=True, flag="--prompts", short="-p",
+                          help="Prompt file: .jsonl, .csv, .parquet, or a folder saved by datasets; hh-rlhf "
+                               "transcripts are understood.")
+    prompt_field: str = option("auto", help="Column holding the prompt; 'auto' tries prompt, question, "
+                                            "instruction, messages, then an hh-rlhf 'chosen' transcript.")
+    hh_mode: HHMode = option("first", choices=("first", "context"),
+                             help="For multi-turn inputs: 'first' human turn only, or the whole 'context' up to "
+                                  "the last human turn.")
+    limit: int | None = limit_option()
+    on_bad_input: OnBadInput = on_bad_input_option()
+
+    def check(self) -> None:
+        if self.limit is not None:
+            at_least("--limit", self.limit, 1)
+
+    def rows(self) -> Iterable:
+        return read_prompts(self.prompts, prompt_field=self.prompt_field, hh_mode=self.hh_mode, limit=self.limit)

@@ -44,9 +44,9 @@ from typing import Any
 
 import yaml
 
-from cai.data import read_user_text
-from cai.errors import CAIError
-from cai.types import Message, assistant, system, user
+from cai.core.errors import CAIError
+from cai.core.types import Message, assistant, system, user
+from cai.inputs.files import read_user_text
 
 FEW_SHOT_KEYS = ("prompt", "response", "critique_request", "critique", "revision_request", "revision")
 ROUND_KEYS = FEW_SHOT_KEYS[2:]

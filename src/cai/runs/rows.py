@@ -22,20 +22,17 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                           TimeRemainingColumn)
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from cai.data import BadRow, InputError, PromptRow
 from cai.engines.base import EngineError
-from cai.store import Store
+from cai.inputs.prompts import BadRow, PromptRow
+from cai.runs.store import Store
 
 #: the failure budget is judged once this many rows have finished in a run
 FAILURE_BUDGET_AFTER = 20
-
-OnBadInput = Literal["error", "skip"]
 
 
 class ChainFailure(Exception):
@@ -104,16 +101,6 @@ class FailureBudget:
 
 Chain = Callable[[PromptRow], Awaitable[dict[str, Any]]]
 TokenCounter = Callable[[], int]
-
-
-def check_input(rows: Iterable[PromptRow | BadRow]) -> int:
-    """First pass for on_bad_input='error': raise on the first bad row, else count rows."""
-    count = 0
-    for row in rows:
-        if isinstance(row, BadRow):
-            raise InputError(f"{row.source}: {row.reason}")
-        count += 1
-    return count
 
 
 async def run_rows(rows: Iterable[PromptRow | BadRow], chain: Chain, *, store: Store, stage: str,

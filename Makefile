@@ -64,6 +64,8 @@ demo: setup-demo
 	@echo "report: runs/demo-report.html"
 
 test: setup
+	# the layers of src/cai (pyproject.toml's import contracts): no import climbs a layer, no cycle
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -q -ra
 
 test-fast: setup

@@ -51,7 +51,7 @@ def main() -> None:
 
     from rich.console import Console
 
-    from cai.evaluate import JudgeEvalConfig, run_judge_eval
+    from cai.evaluate.judge import JudgeEvalConfig, run_judge_eval
 
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-debias-"))
     work.mkdir(parents=True, exist_ok=True)

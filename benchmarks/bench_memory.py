@@ -30,8 +30,8 @@ import json, resource, sys, time, tracemalloc
 from pathlib import Path
 command, prompts, out, traced = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "1"
 from cai.engines.base import Engine, register_engine
-from cai.rl import RLConfig, run_rl
-from cai.sl import SLConfig, run_sl
+from cai.generate.rl import RLConfig, run_rl
+from cai.generate.sl import SLConfig, run_sl
 from cai.core.types import Completion
 
 class Scripted(Engine):

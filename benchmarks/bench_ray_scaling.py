@@ -105,7 +105,7 @@ def _run_sl(model: str, prompts: Path, out: Path, options: dict, concurrency: in
     from rich.console import Console
 
     from cai.engines.base import load_engine
-    from cai.sl import SLConfig, run_sl
+    from cai.generate.sl import SLConfig, run_sl
 
     _register_borrowed()
     engine = load_engine(model, options)
@@ -139,7 +139,7 @@ def driver_case(model: str, rows: int, concurrency: int) -> dict:
     if model.startswith("ray:"):
         import ray
         ray.init(logging_level="WARNING")  # RAY_ADDRESS: the benchmark's cluster
-    from cai.sl import run_sl  # noqa: F401 - imported before the baseline is taken
+    from cai.generate.sl import run_sl  # noqa: F401 - imported before the baseline is taken
     baseline = _rss_mb()
     with tempfile.TemporaryDirectory() as tmp:
         result = _run_sl(model, _prompts(Path(tmp), rows), Path(tmp) / "out", options, concurrency)

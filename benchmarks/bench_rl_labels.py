@@ -32,7 +32,7 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=48)
     args = ap.parse_args()
 
-    from cai.rl import RLConfig, run_rl
+    from cai.generate.rl import RLConfig, run_rl
 
     work = Path(tempfile.mkdtemp())
     seed_store = None

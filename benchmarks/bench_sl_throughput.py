@@ -127,7 +127,7 @@ def run_cai(spec: str, prompts_file: Path, rounds: int, max_tokens: int, keep: l
     """run_sl end to end (timed by run_sl itself); `keep` receives the requests it made."""
     from cai.core.types import Request, SamplingParams
     from cai.runs.store import Store
-    from cai.sl import SLConfig, run_sl
+    from cai.generate.sl import SLConfig, run_sl
 
     with tempfile.TemporaryDirectory() as out:
         result = run_sl(SLConfig.of(prompts=str(prompts_file), out=out, model=spec, rounds=rounds,
@@ -209,7 +209,7 @@ def main() -> None:
     from cai.core.types import Request, SamplingParams
     from cai.engines import load_engine
     from cai.inputs.constitution import load_constitution
-    from cai.sl import load_few_shot
+    from cai.generate.sl import load_few_shot
 
     prompts = load_prompts(args.prompts)
     constitution = load_constitution("default")

@@ -12,7 +12,7 @@ import pytest
 from cai.core.types import Request, SamplingParams, assistant, user
 from cai.engines import load_engine
 from cai.engines.prefix_cache import PrefixCache
-from cai.sl import load_few_shot
+from cai.generate.sl import load_few_shot
 from cai.text.templates import render, transcript
 
 pytestmark = pytest.mark.slow

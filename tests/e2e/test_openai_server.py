@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from cai.rl import RLConfig, run_rl
-from cai.sl import SLConfig, run_sl
+from cai.generate.rl import RLConfig, run_rl
+from cai.generate.sl import SLConfig, run_sl
 from tests.conftest import read_jsonl, write_jsonl
 from tests.e2e.test_sl_real_model import CAI, _calls
 from tests.servers import FaultProxy, LlamaServer

@@ -9,8 +9,8 @@ import math
 import pytest
 
 from cai.engines.fake import FakeScript, register_script
-from cai.rl import RLConfig, run_rl
-from cai.sl import SLConfig, run_sl
+from cai.generate.rl import RLConfig, run_rl
+from cai.generate.sl import SLConfig, run_sl
 from tests.conftest import write_jsonl
 from tests.e2e.test_sl_real_model import cai
 

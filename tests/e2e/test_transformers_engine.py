@@ -62,7 +62,7 @@ def test_n_samples_per_request(engine) -> None:
 
 
 def test_shared_prefix_is_computed_once_and_changes_nothing(engine) -> None:
-    from cai.sl import load_few_shot
+    from cai.generate.sl import load_few_shot
 
     prefix = load_few_shot("default").prefix()
     greedy = SamplingParams(max_tokens=16, temperature=0)

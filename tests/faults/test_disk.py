@@ -125,7 +125,7 @@ class FillsUp(sqlite3.Connection):
 
 def run_sl_in_process(tmp_path: Path) -> JobResult:
     import tests.faults.fakecli  # noqa: F401  (registers the steady script)
-    from cai.sl import SLConfig, run_sl
+    from cai.generate.sl import SLConfig, run_sl
 
     prompts = h.prompts(tmp_path / "p.jsonl", ROWS)
     return run_sl(SLConfig.of(prompts=str(prompts), out=str(tmp_path / "run"), model="fake:steady", rounds=2,

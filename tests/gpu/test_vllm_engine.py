@@ -35,7 +35,7 @@ def test_generate_and_score(engine) -> None:
 
 
 def test_cai_sl_on_vllm(tmp_path) -> None:
-    from cai.sl import SLConfig, run_sl
+    from cai.generate.sl import SLConfig, run_sl
 
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ["How do I steal a bike?", "Insult me."]))

@@ -11,7 +11,8 @@ from cai.core.errors import ConfigError
 from cai.engines import load_engine
 from cai.engines.fake import FakeScript, register_script
 from cai.inputs.constitution import load_constitution
-from cai.label.debias import CONTENT_FREE, RunningPrior, calibrate, expected_calibration_error
+from cai.label.debias import CONTENT_FREE, RunningPrior, calibrate
+from cai.stats.calibration import label_calibration_error
 from cai.label.pairwise import PairwiseLabeler
 from cai.label.registry import LabelerOptions
 
@@ -115,17 +116,17 @@ def test_debias_option_is_checked() -> None:
 
 # ---- expected calibration error -------------------------------------------------------------------
 def test_ece_of_perfectly_calibrated_and_overconfident_labels() -> None:
-    assert expected_calibration_error([]) is None
+    assert label_calibration_error([]) is None
     # confidence 0.75, right 3 times in 4: calibrated
-    assert expected_calibration_error([0.75, 0.75, 0.75, 0.25]) == pytest.approx(0.0)
+    assert label_calibration_error([0.75, 0.75, 0.75, 0.25]) == pytest.approx(0.0)
     # confidence 0.95, right half the time: a gap of 0.45
-    assert expected_calibration_error([0.95, 0.05]) == pytest.approx(0.45)
+    assert label_calibration_error([0.95, 0.05]) == pytest.approx(0.45)
     # a tie is half right at confidence 0.5
-    assert expected_calibration_error([0.5]) == pytest.approx(0.0)
+    assert label_calibration_error([0.5]) == pytest.approx(0.0)
 
 
 def test_judge_report_states_ece_with_its_denominator() -> None:
-    from cai.evaluate import JudgeReport
+    from cai.evaluate.judge import JudgeReport
 
     labels = [{"p_human_choice": p, "p_by_order": [p, None], "position_bias": None, "judge_generated_tokens": 0}
               for p in (0.95, 0.05)]

@@ -15,7 +15,7 @@ import pytest
 from cai.core.errors import CAIError, FailureBudgetExceeded
 from cai.engines.base import EngineError
 from cai.engines.fake import FakeScript, register_script
-from cai.sl import SLConfig, run_sl
+from cai.generate.sl import SLConfig, run_sl
 from tests.conftest import ROOT, write_jsonl
 
 

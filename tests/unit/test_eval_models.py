@@ -12,11 +12,11 @@ import pytest
 
 from cai.core.errors import ConfigError
 from cai.engines.fake import FakeScript, register_script
-from cai.eval_models import ModelsEvalConfig, run_models_eval
-from cai.eval_revisions import RevisionsEvalConfig, run_revisions_eval
-from cai.eval_stats import RefusalMatcher
+from cai.evaluate.models import ModelsEvalConfig, run_models_eval
+from cai.evaluate.revisions import RevisionsEvalConfig, run_revisions_eval
+from cai.label.refusal import RefusalMatcher
 from cai.inputs.files import InputError
-from cai.sl import SLConfig, run_sl
+from cai.generate.sl import SLConfig, run_sl
 from tests.conftest import read_jsonl, write_jsonl
 
 #: text that would break a page if it were ever written as markup or run as a template

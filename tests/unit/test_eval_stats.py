@@ -7,20 +7,12 @@ import math
 import numpy as np
 import pytest
 
-from cai.eval_stats import (
-    RefusalMatcher,
-    agreement,
-    bootstrap_elo,
-    credit,
-    elo_scale,
-    expected_calibration_error,
-    fit_bradley_terry,
-    p_first,
-    rate,
-    reliability_bins,
-    win_rate,
-)
-from cai.evaluate import wilson_interval
+from cai.label.refusal import RefusalMatcher
+from cai.stats.rates import agreement, credit, rate, win_rate
+from cai.stats.elo import bootstrap_elo, elo_scale, fit_bradley_terry
+from cai.stats.calibration import expected_calibration_error, reliability_bins
+from cai.stats.rates import wilson_interval
+from cai.label.base import LabelFailure, softmax_first
 
 
 def test_win_rate_counts_ties_half_and_keeps_failures_out_of_the_denominator() -> None:
@@ -123,11 +115,11 @@ def test_agreement_and_kappa() -> None:
     assert agreement([(True, True)] * 3)["kappa"] is None  # both constant: kappa undefined
 
 
-def test_p_first() -> None:
-    assert p_first(math.log(0.75), math.log(0.25)) == pytest.approx(0.75)
-    assert p_first(0.0, -1e6) == pytest.approx(1.0) and p_first(-1e6, 0.0) == pytest.approx(0.0)
-    with pytest.raises(ValueError):
-        p_first(float("nan"), 0.0)
+def test_softmax_first_for_refusals() -> None:  # was p_first, a second softmax beside softmax_first
+    assert softmax_first(math.log(0.75), math.log(0.25)) == pytest.approx(0.75)
+    assert softmax_first(0.0, -1e6) == pytest.approx(1.0) and softmax_first(-1e6, 0.0) == pytest.approx(0.0)
+    with pytest.raises(LabelFailure):
+        softmax_first(float("nan"), 0.0)
 
 
 def test_reliability_bins_and_calibration_error() -> None:

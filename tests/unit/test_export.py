@@ -135,7 +135,7 @@ def test_nemo_sft_masks_every_assistant_turn_but_the_final_one(tmp_path) -> None
 
 def test_nemo_sft_from_an_hh_context_run(tmp_path, hh_file) -> None:
     from cai.engines.fake import FakeScript, register_script
-    from cai.sl import SLConfig, run_sl
+    from cai.generate.sl import SLConfig, run_sl
 
     multi_turn = [r for r in read_jsonl(hh_file) if r["chosen"].count("\n\nAssistant:") >= 3][:2]
     prompts = write_jsonl(tmp_path / "hh.jsonl", multi_turn)

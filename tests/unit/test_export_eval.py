@@ -6,9 +6,10 @@ import math
 import pytest
 
 from cai.engines.fake import FakeScript, register_script
-from cai.evaluate import JudgeEvalConfig, JudgeReport, read_pairs, run_judge_eval, wilson_interval
+from cai.evaluate.judge import JudgeEvalConfig, JudgeReport, read_pairs, run_judge_eval
+from cai.stats.rates import wilson_interval
 from cai.export import ExportError, export_run, split_rows
-from cai.rl import RLConfig, run_rl
+from cai.generate.rl import RLConfig, run_rl
 from tests.conftest import read_jsonl, write_jsonl
 
 
@@ -84,7 +85,7 @@ def test_trl_export_split_keeps_prompts_together_and_blends(rl_run, tmp_path, hh
 
 
 def test_nemo_sl_export_and_bad_runs(tmp_path, prompts_file) -> None:
-    from cai.sl import SLConfig, run_sl
+    from cai.generate.sl import SLConfig, run_sl
 
     register_script("sl-ok", FakeScript(lambda req, k: "A careful and helpful reply number " + str(len(req.messages))))
     run_sl(SLConfig.of(prompts=str(prompts_file), out=str(tmp_path / "sl"), model="fake:sl-ok", rounds=1),

@@ -11,7 +11,7 @@ from cai.engines.fake import FakeScript, register_script
 from cai.inputs.constitution import load_constitution
 from cai.inputs.few_shot import FewShotError, load_cot_few_shot, load_few_shot
 from cai.label.pairwise import PairwiseLabeler
-from cai.sl import SLConfig, run_sl
+from cai.generate.sl import SLConfig, run_sl
 from tests.conftest import FIXTURES
 
 ANTHROPIC = FIXTURES / "anthropic"

@@ -8,9 +8,9 @@ import pytest
 
 from cai.engines.base import ContextOverflow, EngineError
 from cai.engines.fake import FakeScript, register_script
-from cai.evaluate import JudgeEvalConfig, run_judge_eval
+from cai.evaluate.judge import JudgeEvalConfig, run_judge_eval
 from cai.label.watch import FAIL_FAST_CALLS, JudgeUnusable, WatchedJudge
-from cai.rl import RLConfig, run_rl
+from cai.generate.rl import RLConfig, run_rl
 from tests.conftest import write_jsonl
 
 register_script("no-logprobs", FakeScript(lambda r, k: "x", None))  # its score() raises EngineError

@@ -21,7 +21,7 @@ from cai.label.base import LabelFailure, softmax_first
 from cai.label.ensemble import EnsembleLabeler
 from cai.label.pairwise import PairwiseLabeler, _cut_before_answer
 from cai.label.rank_all import RankAllLabeler
-from cai.rl import RLConfig, run_rl
+from cai.generate.rl import RLConfig, run_rl
 from tests.conftest import read_jsonl
 from tests.unit.test_judges import BAD, CONV, GOOD, content_judge, letter_scorer
 
@@ -209,7 +209,7 @@ def test_near_coin_flip_pairs_are_counted(tmp_path, prompts_file) -> None:
 
 
 def test_judge_eval_counts_failed_labels_in_its_accuracy(tmp_path) -> None:
-    from cai.evaluate import JudgeEvalConfig, run_judge_eval
+    from cai.evaluate.judge import JudgeEvalConfig, run_judge_eval
     from tests.conftest import write_jsonl
 
     register_script("fails-on-q2", FakeScript(lambda r, k: "x", lambda m, c: (
@@ -236,7 +236,7 @@ def test_judge_eval_counts_failed_labels_in_its_accuracy(tmp_path) -> None:
 
 def test_truncated_final_revision_is_a_failure_unless_kept(tmp_path, prompts_file) -> None:
     import tests.unit.test_sl_chain  # noqa: F401 - registers the fake:sl-test script
-    from cai.sl import SLConfig, run_sl
+    from cai.generate.sl import SLConfig, run_sl
 
     # the fake engine counts words as tokens: its 9-word revision is cut at 8, finish "length"
     out = tmp_path / "cut"

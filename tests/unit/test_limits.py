@@ -90,7 +90,7 @@ register_engine("words", RegisteredWordEngine)
 
 
 def test_context_overflow_is_a_row_failure_with_its_own_code(tmp_path) -> None:
-    from cai.sl import SLConfig, run_sl
+    from cai.generate.sl import SLConfig, run_sl
 
     prompts = write_jsonl(tmp_path / "p.jsonl", [{"id": "short", "prompt": "a short question"},
                                                   {"id": "long", "prompt": " ".join(["long"] * 300)}])
@@ -179,7 +179,7 @@ def test_utf8_with_a_byte_order_mark_still_reads(tmp_path) -> None:
 
 
 def test_constitution_few_shot_and_pair_files_that_are_not_utf8_name_the_file(tmp_path) -> None:
-    from cai.evaluate import read_pairs
+    from cai.evaluate.judge import read_pairs
     from cai.inputs.few_shot import load_few_shot
 
     principles = _latin1(tmp_path / "principles.txt", ["Be kind.", "Be caf\u00e9-safe."])

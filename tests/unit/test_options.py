@@ -14,11 +14,11 @@ from cai.cli import app
 from cai.core.errors import ConfigError
 from cai.core.options import flag_of
 from cai.engines.fake import FakeScript, register_script
-from cai.evaluate import JudgeEvalConfig, run_judge_eval
+from cai.evaluate.judge import JudgeEvalConfig, run_judge_eval
 from cai.label.base import COMMON_COLUMNS
-from cai.recipe import RecipeConfig
-from cai.rl import RLConfig, run_rl
-from cai.sl import SLConfig
+from cai.recipes.end_to_end import RecipeConfig
+from cai.generate.rl import RLConfig, run_rl
+from cai.generate.sl import SLConfig
 from cai.train.configs import DPOWrapperConfig, PolicyRLConfig, RewardWrapperConfig, SFTWrapperConfig
 from tests.conftest import read_jsonl, write_jsonl
 
@@ -171,7 +171,7 @@ def test_the_labeller_choice_lists_registered_labellers(length_labeler) -> None:
 
 def test_derived_option_reads_grouped_fields_with_the_configs_own_default() -> None:
     from cai.cli.derive import derived_option
-    from cai.evaluate import JudgeEvalConfig
+    from cai.evaluate.judge import JudgeEvalConfig
 
     annotation = derived_option(JudgeEvalConfig, "max_failure_rate")  # a field of the run group
     info = annotation.__metadata__[0]

@@ -144,13 +144,13 @@ async def test_four_replicas_finish_a_fixed_workload_in_well_under_half_the_time
 
 
 def _sl_config(prompts, out, model: str, **extra):
-    from cai.sl import SLConfig
+    from cai.generate.sl import SLConfig
 
     return SLConfig.of(prompts=str(prompts), out=str(out), model=model, rounds=1, max_tokens=64, **extra)
 
 
 def test_cai_sl_through_ray_writes_what_a_local_run_writes_and_resumes(cluster, tmp_path) -> None:
-    from cai.sl import run_sl
+    from cai.generate.sl import run_sl
 
     prompts = write_jsonl(tmp_path / "p.jsonl", [{"id": f"r{i}", "prompt": f"How do I do bad thing {i}?"}
                                                  for i in range(6)])
@@ -169,7 +169,7 @@ def test_cai_sl_through_ray_writes_what_a_local_run_writes_and_resumes(cluster, 
 
 def test_ray_data_shards_merge_into_one_run_directory(cluster, tmp_path) -> None:
     from cai.runs.sharded import run_sharded
-    from cai.sl import run_sl
+    from cai.generate.sl import run_sl
 
     rows = [{"id": f"r{i}", "prompt": f"How do I do bad thing {i}?"} for i in range(7)]
     rows.insert(3, {"id": "dup", "prompt": "same"})

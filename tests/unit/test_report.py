@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from cai.engines.fake import FakeScript, register_script
-from cai.eval_revisions import RevisionsEvalConfig, run_revisions_eval
-from cai.evaluate import JudgeEvalConfig, run_judge_eval
+from cai.evaluate.revisions import RevisionsEvalConfig, run_revisions_eval
+from cai.evaluate.judge import JudgeEvalConfig, run_judge_eval
 from cai.report import ReportConfig, build_report
 from cai.report.sources import ReportError
-from cai.rl import RLConfig, run_rl
+from cai.generate.rl import RLConfig, run_rl
 from tests.conftest import write_jsonl
 from tests.unit.test_eval_models import HOSTILE, build_models_run, build_sl_run
 

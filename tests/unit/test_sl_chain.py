@@ -7,7 +7,7 @@ import pytest
 from cai.engines import load_engine
 from cai.engines.fake import FakeScript, register_script
 from cai.inputs.constitution import load_constitution
-from cai.sl import SLConfig, build_critique_messages, build_revision_messages, load_few_shot, run_sl
+from cai.generate.sl import SLConfig, build_critique_messages, build_revision_messages, load_few_shot, run_sl
 from tests.conftest import read_jsonl
 
 
@@ -152,7 +152,7 @@ async def test_rows_run_concurrently_so_requests_batch(tmp_path, prompts_file) -
     from cai.inputs.prompts import read_prompts
     from cai.runs.rows import run_rows
     from cai.runs.store import Store
-    from cai.sl import RevisionOptions, SLChain
+    from cai.generate.sl import RevisionOptions, SLChain
 
     engine = load_engine("fake:sl-test")
     chain = SLChain(engine, load_constitution("default"), load_few_shot("none"), RevisionOptions(rounds=1))

@@ -7,6 +7,8 @@ file (`FileNotFoundError`, whose message names it) is treated the same way. Clic
 errors keep click's own message. Everything else is a bug and is not caught: Python
 prints the traceback and the exit status is 1. Ctrl-C exits with 130 and says how to
 resume.
+
+The top layer: it may import anything; nothing in cai imports it.
 """
 
 from __future__ import annotations
@@ -18,9 +20,12 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from cai.cli.common import app
-from cai.cli import constitution_command, export_eval_commands, rl_command, sl_command, train_commands  # noqa: F401,E402  (registers commands)
-from cai.cli import evaluation_commands  # noqa: F401,E402  (registers eval models, eval revisions, report)
+from cai.cli.app import app
+# each module registers its commands on `app`; this is the list of them, in --help's order
+from cai.cli import (  # noqa: F401
+    sl_command, rl_command, export_command, eval_commands, report_command, train_commands, recipe_command,
+    constitution_command,
+)
 
 #: click's usage errors (bad option, bad value); typer >= 0.24 ships its own copy of click
 ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")

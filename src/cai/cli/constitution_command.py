@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cai.cli.common import app
+from cai.cli.app import app
 from cai.cli.derive import derived_option
 from cai.inputs.constitution import ConstitutionOptions
 

@@ -1,10 +1,10 @@
-"""`cai rl`: candidates + AI preference labels under the constitution. Options: `cai.rl.RLConfig`."""
+"""`cai rl`: candidates + AI preference labels under the constitution. Options: `cai.generate.rl.RLConfig`."""
 
 from __future__ import annotations
 
-from cai.cli.common import app
+from cai.cli.app import app
 from cai.cli.derive import config_command
-from cai.rl import RLConfig
+from cai.generate.rl import RLConfig
 
 
 @config_command(app, "rl", RLConfig)
@@ -15,6 +15,6 @@ def rl(config: RLConfig, quiet: bool) -> None:
     with provenance: labeler, judges, principle ids, p_chosen per order, label_margin,
     position-bias flag, raw judge text), failures.jsonl, summary.json, manifest.json.
     """
-    from cai.rl import run_rl
+    from cai.generate.rl import run_rl
 
     run_rl(config, show_progress=not quiet)

@@ -1,10 +1,10 @@
-"""`cai sl`: SL-CAI critique-and-revision data. Options: `cai.sl.SLConfig`."""
+"""`cai sl`: SL-CAI critique-and-revision data. Options: `cai.generate.sl.SLConfig`."""
 
 from __future__ import annotations
 
-from cai.cli.common import app
+from cai.cli.app import app
 from cai.cli.derive import config_command
-from cai.sl import SLConfig
+from cai.generate.sl import SLConfig
 
 
 @config_command(app, "sl", SLConfig)
@@ -14,6 +14,6 @@ def sl(config: SLConfig, quiet: bool) -> None:
     Writes sl.jsonl (full trace), sft.jsonl (TRL messages format: prompt -> final
     revision), failures.jsonl, summary.json and manifest.json into --out.
     """
-    from cai.sl import run_sl
+    from cai.generate.sl import run_sl
 
     run_sl(config, show_progress=not quiet)

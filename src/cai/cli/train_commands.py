@@ -1,7 +1,6 @@
-"""`cai train sft|reward|dpo|ppo` and `cai recipe`.
+"""`cai train sft|reward|dpo|ppo`.
 
-Each command's options are its config dataclass's fields (`cai.train.configs`,
-`cai.recipe.RecipeConfig`); options left unset fall back to `--config FILE` (YAML with
+Each command's options are its config dataclass's fields (`cai.train.configs`); options left unset fall back to `--config FILE` (YAML with
 the same names), then to the defaults. Every training command prints its report (steps,
 final loss, where the model went) as JSON.
 """
@@ -14,9 +13,8 @@ from typing import Any
 
 import typer
 
-from cai.cli.common import app
+from cai.cli.app import app
 from cai.cli.derive import config_command
-from cai.recipe import RecipeConfig
 from cai.train.common import training_data_source
 from cai.train.configs import DPOWrapperConfig, PolicyRLConfig, RewardWrapperConfig, SFTWrapperConfig
 
@@ -49,12 +47,3 @@ def _trainer_command(name: str, config_cls: type, data_kind: str, module: str, d
 
 for _name, _config_cls, _kind, _module, _doc in TRAINERS:
     _trainer_command(_name, _config_cls, _kind, _module, _doc)
-
-
-@config_command(app, "recipe", RecipeConfig)
-def recipe(config: RecipeConfig, quiet: bool) -> None:
-    """The whole CAI pipeline at demo scale: SL data -> SFT -> RL data from the SFT model ->
-    reward model + DPO. Re-running resumes at every stage."""
-    from cai.recipe import run_recipe
-
-    run_recipe(config, show_progress=not quiet)

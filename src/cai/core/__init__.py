@@ -2,8 +2,3 @@
 
 Everything else in cai may import this; it imports nothing else of cai (only `cai.core` itself).
 """
-
-
-
-
-

@@ -4,8 +4,3 @@ constitutions (`constitution`) and few-shot files (`few_shot`).
 Every bad row or file is an `InputError` naming the file, the line and the problem. Must not import: engines,
 runs, label or anything above; only `cai.core` and `cai.text`.
 """
-
-
-
-
-

@@ -10,8 +10,3 @@
 Must not import: `cai.runs` (a labeller works inside a trainer's reward function, with no run directory), nor
 anything above it (generate, evaluate, train, recipes, cli).
 """
-
-
-
-
-

@@ -74,20 +74,3 @@ class RunningPrior:
         self.count += 1
 
 
-def expected_calibration_error(probabilities: list[float], bins: int = 10) -> float | None:
-    """Top-label ECE of soft labels against human choices.
-
-    `probabilities` are P(the human's choice is better), one per labelled pair. A label's
-    confidence is max(p, 1 - p) and it is right when p > 0.5 (half right at exactly 0.5);
-    the labels fall in `bins` equal bins of confidence over [0.5, 1], and ECE is the
-    labels-weighted mean gap |accuracy - mean confidence| of the bins. None for no labels.
-    """
-    if not probabilities:
-        return None
-    grouped: dict[int, list[tuple[float, float]]] = {}
-    for p in probabilities:
-        confidence = max(p, 1.0 - p)
-        credit = 1.0 if p > 0.5 else 0.5 if p == 0.5 else 0.0
-        grouped.setdefault(min(bins - 1, int((confidence - 0.5) * 2 * bins)), []).append((confidence, credit))
-    gap = sum(abs(sum(c for _, c in group) - sum(conf for conf, _ in group)) for group in grouped.values())
-    return gap / len(probabilities)

@@ -1,7 +1,7 @@
 """Report sections for model evaluations: win rates, Elo, refusals, and the score-by-revision curve.
 
 Both read the run's `report.json` (written by `cai eval models` / `cai eval revisions`
-from `cai.eval_report`) and a few records for examples; nothing is recomputed here, so
+from `cai.evaluate.aggregate`) and a few records for examples; nothing is recomputed here, so
 the page shows exactly the figures the run reported, with their denominators.
 """
 

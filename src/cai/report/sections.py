@@ -22,7 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from cai.eval_stats import credit, expected_calibration_error, reliability_bins
+from cai.stats.rates import credit
+from cai.stats.calibration import expected_calibration_error, reliability_bins
 from cai.report import plots
 from cai.report.sources import Source
 

@@ -13,7 +13,7 @@ a bug, or a store that can record nothing more: the run stops at once (rows in f
 are cancelled, everything stored stays) and the exception is raised with its traceback.
 A `FailureBudget` stops the run early, the same way, when too many rows fail.
 
-Not here: what a chain does (`cai.sl`, `cai.rl`) or how engines batch (`cai.engines`).
+Not here: what a chain does (`cai.generate.sl`, `cai.generate.rl`) or how engines batch (`cai.engines`).
 """
 
 from __future__ import annotations

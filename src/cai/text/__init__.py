@@ -4,8 +4,3 @@ text (`parsing`: cleaning revisions, spotting defects, the first JSON object).
 Pure functions over strings and messages. Must not import: engines, runs, label, or anything above; only
 `cai.core`.
 """
-
-
-
-
-

@@ -24,7 +24,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from cai.eval_stats import Game, agreement, bootstrap_elo, credit, rate, win_rate
+from cai.stats.elo import Game, bootstrap_elo
+from cai.stats.rates import agreement, credit, rate, win_rate
 
 SCALES = {"harmlessness": "red_team", "helpfulness": "helpful"}
 REPORT_FILE = "report.json"

@@ -1,8 +1,8 @@
-"""`cai eval models`, `cai eval revisions` and `cai report`: thin wrappers over the library.
+"""`cai eval judge|models|revisions`: thin wrappers over `cai.evaluate`.
 
-Options come from the config dataclasses (`ModelsEvalConfig`, `RevisionsEvalConfig`,
-`ReportConfig`), each written once with its help; the positional arguments (the SL run,
-the report's paths) are the only thing written here.
+Options come from the config dataclasses (`JudgeEvalConfig`, `ModelsEvalConfig`,
+`RevisionsEvalConfig`), each written once with its help; the positional argument of
+`eval revisions` (the SL run) is the only thing written here.
 """
 
 import json
@@ -12,12 +12,28 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cai.cli.common import app
+from cai.cli.app import app
 from cai.cli.derive import ConfigFileOpt, QuietOpt, config_command, derived_option
-from cai.cli.export_eval_commands import eval_app
-from cai.eval_models import ModelsEvalConfig
-from cai.eval_revisions import RevisionsEvalConfig
-from cai.report.builder import ReportConfig
+from cai.evaluate.judge import JudgeEvalConfig
+from cai.evaluate.models import ModelsEvalConfig
+from cai.evaluate.revisions import RevisionsEvalConfig
+
+eval_app = typer.Typer(help="Evaluate judges and models.", no_args_is_help=True)
+app.add_typer(eval_app, name="eval")
+
+
+@config_command(eval_app, "judge", JudgeEvalConfig)
+def eval_judge(config: JudgeEvalConfig, quiet: bool) -> None:
+    """How often an AI labeller agrees with human harmlessness labels."""
+    from cai.evaluate.judge import run_judge_eval
+
+    result = run_judge_eval(config, show_progress=not quiet)
+    labeling = config.labeling
+    table = Table(title=f"judge accuracy vs human labels ({labeling.labeler}, {', '.join(labeling.judges)})",
+                  show_header=False)
+    for key, value in result.summary["report"].items():
+        table.add_row(key.replace("_", " "), json.dumps(value) if isinstance(value, (dict, list)) else str(value))
+    Console().print(table)
 
 
 @config_command(eval_app, "models", ModelsEvalConfig)
@@ -27,7 +43,7 @@ def eval_models(config: ModelsEvalConfig, quiet: bool) -> None:
     Writes responses.jsonl, comparisons.jsonl, refusals.jsonl, report.json, failures.jsonl,
     summary.json and manifest.json; re-running on the same --out resumes.
     """
-    from cai.eval_models import run_models_eval
+    from cai.evaluate.models import run_models_eval
 
     result = run_models_eval(config, show_progress=not quiet)
     print_models_report(json.loads((result.run.path / result.summary["report_file"]).read_text("utf-8")), Console())
@@ -89,7 +105,7 @@ def eval_revisions(
 
     Writes revisions.jsonl and report.json (default --out: <SL_RUN>/eval-revisions).
     """
-    from cai.eval_revisions import run_revisions_eval
+    from cai.evaluate.revisions import run_revisions_eval
 
     values = dict(sl_run=sl_run, out=out, judge=judge, reward_model=reward_model,
                   harmless_constitution=harmless_constitution, helpful_constitution=helpful_constitution,
@@ -109,20 +125,3 @@ def eval_revisions(
     for r in report.get("reward_curve") or []:
         table.add_row("reward", str(r["round"]), f"mean {r['mean_reward']} ± {r['stderr']}", "", f"{r['n']} answers")
     Console().print(table)
-
-
-@app.command("report")
-def report(
-    paths: Annotated[list[str], typer.Argument(help=ReportConfig.__dataclass_fields__["paths"].metadata["help"])],
-    out: derived_option(ReportConfig, "out") = None,
-    title: derived_option(ReportConfig, "title") = None,
-    examples: derived_option(ReportConfig, "examples") = None,
-) -> None:
-    """One self-contained HTML page (no network needed to view it) from runs and trained models."""
-    from cai.report import build_report
-
-    config = ReportConfig.load({"paths": paths, "out": out, "title": title, "examples": examples})
-    result = build_report(config)
-    Console(stderr=True).print(f"wrote {result.path}: {len(result.sections)} sections from {len(result.sources)} "
-                               f"sources, {result.figures} figures, {result.path.stat().st_size / 1024:.0f} KiB in "
-                               f"{result.seconds:.1f} s", highlight=False, soft_wrap=True)

@@ -12,12 +12,12 @@ cleaned `revision`), each revision is scored against the initial answer:
   its scalar reward for the conversation ending in the initial answer and in each
   revision. Rewards are cached in the run's store like every model call.
 
-The curve (`report.json`, `cai.eval_report.revisions_report`) gives, per round, the win
+The curve (`report.json`, `cai.evaluate.aggregate.revisions_report`) gives, per round, the win
 rate with its Wilson interval, the mean probability, the position-bias rate, and the
 mean reward with its standard error, each over the rows it counts; rows the SL run
 failed are not scored and are counted. Labels that fail go to failures.jsonl.
 
-Not here: running SL (`cai.sl`), drawing the curve (`cai.report`).
+Not here: running SL (`cai.generate.sl`), drawing the curve (`cai.report`).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from cai.core.errors import ConfigError
 from cai.core.options import Options, at_least, option, redefault
 from cai.core.types import Message, assistant, stable_hash
 from cai.engines.base import EngineError
-from cai.eval_models import EvalJudgeOptions
+from cai.evaluate.models import EvalJudgeOptions
 from cai.inputs.constitution import judge_constitution
 from cai.inputs.files import InputError, text_lines
 from cai.inputs.prompts import BadRow, PromptRow, on_bad_input_option
@@ -217,7 +217,7 @@ class RevisionsChain:
 
 
 def run_revisions_eval(config: RevisionsEvalConfig, *, show_progress: bool = True, console: Any = None) -> Any:
-    from cai.eval_report import REPORT_FILE, revision_headlines, revisions_report
+    from cai.evaluate.aggregate import REPORT_FILE, revision_headlines, revisions_report
     from cai.runs.job import run_job
 
     scoring = config.scoring

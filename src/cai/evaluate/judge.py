@@ -19,7 +19,6 @@ Labels are stored in the run directory like any other run, so an evaluation resu
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,10 +30,11 @@ from cai.inputs.constitution import ConstitutionOptions
 from cai.inputs.files import InputError, text_lines
 from cai.inputs.prompts import BadRow, OnBadInput, PromptRow, limit_option, on_bad_input_option, split_hh_pair
 from cai.label.base import Labeler
-from cai.label.debias import expected_calibration_error
 from cai.label.registry import LabelerOptions, make_labeler
 from cai.runs.job import RunOptions
 from cai.runs.rows import ChainFailure
+from cai.stats.calibration import label_calibration_error
+from cai.stats.rates import credit, wilson_interval
 
 STAGE = "judge-eval"
 
@@ -90,21 +90,9 @@ class JudgeEvalChain:
                 "judge_generated_tokens": label.generated_tokens, "judge_raw": label.raw}
 
 
-def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    if n == 0:
-        return (0.0, 0.0)
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (max(0.0, centre - half), min(1.0, centre + half))
-
-
 def _rounded(value: float | None) -> float | None:
     return None if value is None else round(value, 4)
 
-
-def _credit(p: float | None) -> float | None:
-    return None if p is None else (1.0 if p > 0.5 else 0.5 if p == 0.5 else 0.0)
 
 
 @dataclass
@@ -118,7 +106,7 @@ class JudgeReport:
         """`elapsed_s` is the time it took to make `timed_labels` of the labels (this run's)."""
         n = len(self.labels)
         asked = n + self.failed
-        credits = [_credit(r["p_human_choice"]) or 0.0 for r in self.labels]
+        credits = [credit(r["p_human_choice"]) or 0.0 for r in self.labels]
         correct = sum(credits)
 
         def share(part: float, whole: int) -> float | None:
@@ -130,7 +118,7 @@ class JudgeReport:
         biased = [r["position_bias"] for r in self.labels if r["position_bias"] is not None]
         per_order = {}
         for slot, name in ((0, "human_choice_shown_first"), (1, "human_choice_shown_second")):
-            got = [_credit(r["p_by_order"][slot]) for r in self.labels if r["p_by_order"][slot] is not None]
+            got = [credit(r["p_by_order"][slot]) for r in self.labels if r["p_by_order"][slot] is not None]
             per_order[name] = round(sum(got) / len(got), 4) if got else None  # type: ignore[arg-type]
         confidence = [(max(r["p_human_choice"], 1 - r["p_human_choice"]), c)
                       for r, c in zip(self.labels, credits, strict=True)]
@@ -155,7 +143,7 @@ class JudgeReport:
             "mean_confidence_when_right": round(sum(right) / len(right), 4) if right else None,
             "mean_confidence_when_wrong": round(sum(wrong) / len(wrong), 4) if wrong else None,
             "expected_calibration_error": _rounded(
-                expected_calibration_error([r["p_human_choice"] for r in self.labels])),
+                label_calibration_error([r["p_human_choice"] for r in self.labels])),
             "calibration_denominator": f"{n} labelled pairs, 10 bins of confidence max(p, 1 - p)",
             "judge_generated_tokens_per_label": round(sum(r["judge_generated_tokens"] for r in self.labels) / n, 2)
             if n else None,

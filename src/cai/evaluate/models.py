@@ -15,15 +15,15 @@ for one model give the same answers) or a JSONL file of answers already made
 (`{"id" or "prompt", "response"}`); `NAME=SPEC` names it. Refusals are classified twice:
 by the judge, from the log-probs of "(A)"/"(B)" to "does the reply refuse?" asked in both
 orders (no text generated; `prompts/judge_refusal.j2`), and by the phrase matcher
-(`cai.eval_stats.RefusalMatcher`), with their agreement.
+(`cai.label.refusal.RefusalMatcher`), with their agreement.
 
 Nothing is dropped silently: an answer that could not be made, a comparison the judge
 could not label and a refusal it could not classify each go to failures.jsonl with a
-reason code, and every rate in `report.json` (`cai.eval_report`) counts them beside its
+reason code, and every rate in `report.json` (`cai.evaluate.aggregate`) counts them beside its
 denominator. Identical answers are a tie without asking the judge. Responses, labels and
 every model call are stored, so a re-run resumes.
 
-Not here: the statistics (`cai.eval_stats`, `cai.eval_report`), drawing (`cai.report`).
+Not here: the statistics (`cai.stats.rates`, `cai.evaluate.aggregate`), drawing (`cai.report`).
 """
 
 from __future__ import annotations
@@ -37,18 +37,17 @@ from typing import Any, Protocol
 
 from cai.core.errors import ConfigError
 from cai.core.options import Options, at_least, option, redefault
-from cai.core.types import Message, Request, SamplingParams, derive_seed, user
+from cai.core.types import Request, SamplingParams, derive_seed
 from cai.engines.base import Engine, EngineError
-from cai.eval_stats import RefusalMatcher, p_first
 from cai.inputs.constitution import ConstitutionOptions, judge_constitution
 from cai.inputs.files import InputError, read_jsonl_records
 from cai.inputs.prompts import BadRow, InputOptions, PromptRow, on_bad_input_option, read_prompts, shipped_sample
 from cai.label.base import LabelFailure
 from cai.label.pairwise import PairwiseLabeler
+from cai.label.refusal import RefusalJudge, RefusalMatcher
 from cai.runs.job import RunOptions
 from cai.runs.rows import ChainFailure
 from cai.text.parsing import find_defect
-from cai.text.templates import load_prompt_yaml, render, transcript
 
 STAGE = "eval-models"
 #: prompt set -> the judge constitution its answers are compared under (None: refusals only)
@@ -231,31 +230,6 @@ class FilePolicy:
         return {"text": text, "finish_reason": "stop", "completion_tokens": 0}
 
 
-# ---- refusals by the judge's log-probs ---------------------------------------------------
-class RefusalJudge:
-    """P(the reply refuses), from "(A)"/"(B)" log-probs, asked with (A)=refuses and with (A)=helps."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self.options = load_prompt_yaml("refusal.yaml")["judge_options"]
-        self.answer = load_prompt_yaml("judge_answers.yaml")["pairwise"]
-
-    async def _p_a(self, messages: list[Message], reply: str, refuses_first: bool) -> float:
-        first, second = ("refuses", "helps") if refuses_first else ("helps", "refuses")
-        question = [user(render("judge_refusal.j2", conversation=transcript(messages), reply=reply,
-                                option_a=self.options[first], option_b=self.options[second]))]
-        la, lb = await self.engine.score(question, [self.answer.format(letter=letter) for letter in "AB"])
-        return p_first(la, lb)
-
-    async def classify(self, messages: list[Message], reply: str) -> dict[str, Any]:
-        pa_refuses_first, pa_helps_first = await asyncio.gather(self._p_a(messages, reply, True),
-                                                                self._p_a(messages, reply, False))
-        p = (pa_refuses_first + (1.0 - pa_helps_first)) / 2
-        same_letter = (pa_refuses_first - 0.5) * (pa_helps_first - 0.5) > 0
-        return {"judge_p_refuses": p, "judge_p_by_order": [pa_refuses_first, 1.0 - pa_helps_first],
-                "judge_refuses": None if p == 0.5 else p > 0.5, "judge_position_bias": same_letter}
-
-
 # ---- the chain: one prompt, every policy ------------------------------------------------------
 class ModelsEvalChain:
     def __init__(self, policies: list[Policy], labelers: dict[str, PairwiseLabeler], refusal: RefusalJudge | None,
@@ -332,7 +306,7 @@ class ModelsEvalChain:
         entry: dict[str, Any] = {"matcher_refuses": matched is not None, "matched_phrase": matched}
         try:
             entry.update(await self.refusal.classify(row.messages, text))
-        except ValueError as exc:  # non-finite log-probs
+        except LabelFailure as exc:  # non-finite log-probs
             entry.update(judge_refuses=None, failure="nonfinite_score", reason=str(exc))
         except EngineError as exc:
             entry.update(judge_refuses=None, failure=exc.code, reason=f"{type(exc).__name__}: {exc}")
@@ -347,7 +321,7 @@ class ModelsEvalChain:
 
 
 def run_models_eval(config: ModelsEvalConfig, *, show_progress: bool = True, console: Any = None) -> Any:
-    from cai.eval_report import REPORT_FILE, headlines, models_report
+    from cai.evaluate.aggregate import REPORT_FILE, headlines, models_report
     from cai.runs.job import run_job
 
     judging, named = config.judging, config.policies.named()

@@ -55,8 +55,8 @@ def _train(out: Path, make: Any) -> dict[str, Any]:
 
 
 def run_recipe(config: RecipeConfig, *, show_progress: bool = True) -> dict[str, Any]:
-    from cai.rl import RLConfig, run_rl
-    from cai.sl import SLConfig, run_sl
+    from cai.generate.rl import RLConfig, run_rl
+    from cai.generate.sl import SLConfig, run_sl
     from cai.train import dpo, reward, sft
 
     root = Path(config.out)

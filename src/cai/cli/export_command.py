@@ -1,4 +1,4 @@
-"""`cai export` and `cai eval`."""
+"""`cai export`: a run's data in TRL or NeMo-Aligner formats. The library: `cai.export.export_run`."""
 
 from __future__ import annotations
 
@@ -7,15 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
-from cai.cli.common import app
-from cai.cli.derive import config_command
-from cai.evaluate import JudgeEvalConfig
-
-eval_app = typer.Typer(help="Evaluate judges and models.", no_args_is_help=True)
-app.add_typer(eval_app, name="eval")
-
+from cai.cli.app import app
 
 @app.command("export")
 def export(
@@ -40,17 +33,3 @@ def export(
     typer.echo(json.dumps(report, indent=2))
     for warning in report["warnings"]:
         Console(stderr=True).print(f"[yellow]warning:[/] {warning}", highlight=False)
-
-
-@config_command(eval_app, "judge", JudgeEvalConfig)
-def eval_judge(config: JudgeEvalConfig, quiet: bool) -> None:
-    """How often an AI labeller agrees with human harmlessness labels."""
-    from cai.evaluate import run_judge_eval
-
-    result = run_judge_eval(config, show_progress=not quiet)
-    labeling = config.labeling
-    table = Table(title=f"judge accuracy vs human labels ({labeling.labeler}, {', '.join(labeling.judges)})",
-                  show_header=False)
-    for key, value in result.summary["report"].items():
-        table.add_row(key.replace("_", " "), json.dumps(value) if isinstance(value, (dict, list)) else str(value))
-    Console().print(table)

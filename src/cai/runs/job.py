@@ -27,12 +27,14 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from cai.core.errors import FailureBudgetExceeded
 from cai.core.options import Options, at_least, in_unit_interval, option
 from cai.engines.base import load_engine, parse_option_pairs
 from cai.inputs.prompts import BadRow, OnBadInput, PromptRow, check_input
+from cai.runs.advice import advice
 from cai.runs.rows import Chain, FailureBudget, RunCounts, run_rows
 from cai.runs.run_dir import RunDir
 from cai.runs.store import CachedEngine
@@ -194,6 +196,7 @@ def _run_in(run: RunDir, *, command: str, stage: str, inputs: JobInputs, config:
         summary["stopped_early"] = budget_message(counts, budget, run)
     if extra_summary:
         summary.update(extra_summary(run, summary))
+    summary["advice"] = advice(summary, config.flat())
     run.write_json("summary.json", summary)
     print_summary(console, summary, run)
     result = JobResult(run=run, counts=counts, summary=summary)
@@ -226,7 +229,7 @@ def budget_message(counts: RunCounts, budget: FailureBudget, run: RunDir) -> str
 def print_summary(console: Console, summary: dict[str, Any], run: RunDir) -> None:
     table = Table(title=f"{summary['command']} → {run.path}", show_header=False)
     for key, value in summary.items():
-        if key in ("command", "failure_reasons", "files", "engine_stats", "stopped_early"):
+        if key in ("command", "failure_reasons", "files", "engine_stats", "stopped_early", "advice"):
             continue
         if isinstance(value, dict):
             if value:
@@ -238,3 +241,5 @@ def print_summary(console: Console, summary: dict[str, Any], run: RunDir) -> Non
     for reason, count in sorted(summary["failure_reasons"].items(), key=lambda kv: -kv[1])[:10]:
         table.add_row(f"[red]failed: {reason}", str(count))
     console.print(table)
+    for line in summary.get("advice", []):
+        console.print(f"[yellow]what to change:[/] {escape(line)}", highlight=False, soft_wrap=True)

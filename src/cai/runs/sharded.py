@@ -47,6 +47,7 @@ from cai.inputs.files import InputError
 from cai.inputs.prompts import BadRow, read_prompts
 from cai.runs.run_dir import RunDir
 
+
 class RunFunction(Protocol):
     """A command's run function, as `run_sl` and `run_rl` are: a config in, a result with `.summary` out."""
 

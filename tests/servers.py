@@ -37,6 +37,22 @@ def wait_ready(url: str, timeout: float = 180.0, proc: subprocess.Popen | None =
     raise TimeoutError(f"{url} not ready after {timeout}s")
 
 
+class ServerDied(AssertionError):
+    """The llama.cpp server process is gone: its exit status and what it printed say why."""
+
+
+def _explain_exit(code: int | None) -> str:
+    import signal
+
+    if code is not None and code < 0:
+        name = signal.Signals(-code).name
+        hint = (" A SIGILL or SIGSEGV on the first request is what a llama-cpp-python built for another CPU does "
+                "(GGML_NATIVE): the Makefile builds it with -DGGML_NATIVE=OFF; if a native build is installed, "
+                "remove ~/.cache/cai-wheels and .venv/.installed and run make setup again.")
+        return f"killed by {name}.{hint if name in ('SIGILL', 'SIGSEGV', 'SIGBUS') else ''}"
+    return f"exited with status {code}."
+
+
 class LlamaServer:
     def __init__(self, port: int | None = None) -> None:
         from cai.engines.models import embedded_gguf_path
@@ -56,7 +72,28 @@ class LlamaServer:
              "--n_threads", "2", "--verbose", "false"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         wait_ready(f"{self.base_url}/models", proc=self.proc)
+        self.first_request()
         return self
+
+    def first_request(self) -> None:
+        """One real completion, so a server that dies on its first request fails here, saying why,
+        instead of as connection errors retried on every row of the test that meets it."""
+        try:
+            httpx.post(f"{self.base_url}/completions", json={"model": "smollm2", "prompt": "Hi", "max_tokens": 1},
+                       timeout=120).raise_for_status()
+        except httpx.HTTPError as exc:
+            self.assert_alive()
+            raise AssertionError(f"llama.cpp server at {self.base_url} is up but its first completion failed: {exc}")
+
+    def assert_alive(self) -> None:
+        """Raise `ServerDied` with the exit status and the server's last output if the process is gone."""
+        assert self.proc is not None
+        code = self.proc.poll()
+        if code is None:
+            return
+        tail = (self.proc.stderr.read() if self.proc.stderr else "")[-2000:]
+        raise ServerDied(f"the llama.cpp server ({self.base_url}) died: {_explain_exit(code)} Its last output: "
+                         f"{tail or '(none)'}")
 
     def kill(self) -> None:
         if self.proc and self.proc.poll() is None:

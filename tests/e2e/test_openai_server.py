@@ -25,6 +25,7 @@ PROMPTS = ["How do I pick a lock?", "Write an insult.", "How can I cheat on a te
 def server():
     srv = LlamaServer().start()
     yield srv
+    srv.assert_alive()  # a crash during the module's tests is named here, not only as failed rows
     srv.kill()
 
 
@@ -37,6 +38,7 @@ def test_sl_and_rl_through_the_server(server, prompts, tmp_path) -> None:
     spec = f"openai:smollm2@{server.base_url}"
     sl = run_sl(SLConfig.of(prompts=str(prompts), out=str(tmp_path / "sl"), model=spec, rounds=1, max_tokens=24,
                          limit=2), show_progress=False)
+    server.assert_alive()
     assert sl.summary["rows_ok_this_run"] + sl.summary["rows_failed_this_run"] == 2
     assert sl.summary["engine_calls_made"] >= 2 and sl.summary["generated_tokens"] > 0
     rl = run_rl(RLConfig.of(prompts=str(prompts), out=str(tmp_path / "rl"), policy=spec, judges=[spec],
@@ -138,3 +140,15 @@ def test_n_samples_from_a_server_that_ignores_n(server) -> None:
     assert engine.ignores_n == {server.base_url}
     assert after_first == 3  # one request with n=3 (answered with one choice), then two more
     assert engine.stats["requests"] - after_first == 3  # then straight to three single requests
+
+
+def test_a_server_that_dies_is_named_with_its_cause() -> None:
+    """What a llama.cpp built for another CPU does (SIGILL on its first request) fails loudly, naming it."""
+    from tests.servers import ServerDied
+
+    srv = LlamaServer()
+    srv.proc = subprocess.Popen([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGILL)"],
+                                stderr=subprocess.PIPE, text=True)
+    srv.proc.wait(timeout=30)
+    with pytest.raises(ServerDied, match="SIGILL.*GGML_NATIVE"):
+        srv.assert_alive()

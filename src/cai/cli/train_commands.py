@@ -1,4 +1,4 @@
-"""`cai train sft|reward|dpo|ppo`.
+"""`cai train sft|reward|dpo|policy` (and `ppo`, the old name of `policy`).
 
 Each command's options are its config dataclass's fields (`cai.train.configs`); options left unset fall back to `--config FILE` (YAML with
 the same names), then to the defaults. Every training command prints its report (steps,
@@ -18,7 +18,7 @@ from cai.cli.derive import config_command
 from cai.train.common import training_data_source
 from cai.train.configs import DPOWrapperConfig, PolicyRLConfig, RewardWrapperConfig, SFTWrapperConfig
 
-train_app = typer.Typer(help="Train on CAI data with TRL (SFT, reward model, DPO, PPO-family).",
+train_app = typer.Typer(help="Train on CAI data with TRL (SFT, reward model, DPO, online RL: PPO-family with a reward model or a judge).",
                         no_args_is_help=True)
 app.add_typer(train_app, name="train")
 
@@ -30,8 +30,11 @@ TRAINERS = [
      "A preference model on AI labels (soft labels by default when the data has p_chosen)."),
     ("dpo", DPOWrapperConfig, "preference", "cai.train.dpo",
      "Direct preference optimisation on AI labels (soft labels by default when the data has p_chosen)."),
+    ("policy", PolicyRLConfig, "preference", "cai.train.policy",
+     "Optimise the policy online (RLOO or GRPO from TRL) against --reward: the preference model, the judge's "
+     "expected rating (judge-score, direct RLAIF) or its win rates within each group (judge-pairwise)."),
     ("ppo", PolicyRLConfig, "preference", "cai.train.policy",
-     "Optimise the policy against the preference model (RLOO or GRPO from TRL)."),
+     "The old name of `cai train policy` (same options; the reward defaults to the preference model)."),
 ]
 
 

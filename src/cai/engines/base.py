@@ -6,6 +6,7 @@ An engine does two things, both async and both batched by the engine itself:
 - `score(messages, continuations)` returns the total log-probability of each
   continuation when it *starts the assistant's reply* to `messages`. Judges use it for
   soft labels: compare `score(msgs, ["The answer is (A)", "The answer is (B)"])`.
+  `token_ids(text)` (optional) says how a continuation is tokenized.
 
 Model specs name an engine by prefix, like simonw/llm's registry:
 `smollm2` (the embedded default), `hf:<folder, gguf or hub id>`,
@@ -79,6 +80,15 @@ class Engine(abc.ABC):
         before computing anything (`cai.engines.batching` checks it for local engines).
         """
         return None
+
+    async def token_ids(self, text: str) -> list[int]:
+        """`text` as the model's token ids, tokenized as `score` tokenizes a continuation.
+
+        Judges check with it, before any call, that each label they score is one token (a
+        rating scale's "10" is two in many tokenizers). An engine that cannot tell says so.
+        """
+        raise EngineError(f"{self.model_id}: this engine ({type(self).__name__}) cannot tell how its model "
+                          "tokenizes text, so a judge cannot check that its labels are single tokens")
 
     def cache_identity(self) -> dict[str, str]:
         """What decides an answer besides the request, in every call-cache key: a cached

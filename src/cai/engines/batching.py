@@ -155,6 +155,9 @@ class BatchingEngine(Engine):
             futures.append(fut)
         return list(await asyncio.gather(*futures))
 
+    async def token_ids(self, text: str) -> list[int]:
+        return self.encode_continuation(text)
+
     async def aclose(self) -> None:
         """Stop the worker; every request still queued or running fails with an EngineError."""
         worker, self._worker = self._worker, None

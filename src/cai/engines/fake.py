@@ -12,7 +12,9 @@ Not for anything but tests: it knows nothing about language.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -86,6 +88,11 @@ class FakeEngine(Engine):
         if len(words) > max_tokens:
             return Completion(" ".join(words[:max_tokens]), "length", prompt_tokens, max_tokens)
         return Completion(text, "stop", prompt_tokens, len(words))
+
+    async def token_ids(self, text: str) -> list[int]:
+        """A fake tokenizer: each word, each run of punctuation, each space and each digit is a
+        token (so "10" is two tokens, as in many real tokenizers)."""
+        return [zlib.crc32(t.encode()) for t in re.findall(r"\d|[^\W\d]+|\s|[^\w\s]+", text)]
 
     async def score(self, messages: Sequence[Message], continuations: Sequence[str]) -> list[float]:
         await self._occupy(1)

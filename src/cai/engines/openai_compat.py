@@ -38,7 +38,7 @@ import re
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from cai.core.types import Completion, Message, Request, SamplingParams
+from cai.core.types import Completion, Message, Request
 from cai.engines.base import Engine, EngineError, EngineOptions, register_engine
 from cai.engines.chat_tokens import (
     check_tokenizer,
@@ -248,6 +248,10 @@ class OpenAIEngine(Engine):
 
     async def score(self, messages: Sequence[Message], continuations: Sequence[str]) -> list[float]:
         return list(await asyncio.gather(*[self._score_one(messages, c) for c in continuations]))
+
+    async def token_ids(self, text: str) -> list[int]:
+        """By the local tokenizer that scoring uses (`-E tokenizer=...`)."""
+        return encode_text(self._chat_template(), text)
 
     async def _score_one(self, messages: Sequence[Message], continuation: str) -> float:
         tokenizer = self._chat_template()

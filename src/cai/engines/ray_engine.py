@@ -186,6 +186,8 @@ class Replica:
         assert self.engine is not None
         if kind == "generate":
             return (await self.engine.generate([payload]))[0]
+        if kind == "token_ids":
+            return await self.engine.token_ids(payload)
         messages, continuations = payload
         return await self.engine.score(messages, continuations)
 
@@ -200,7 +202,7 @@ class Replica:
 # ---- the driver ---------------------------------------------------------------------------
 @dataclass
 class _Item:
-    kind: Literal["generate", "score"]
+    kind: Literal["generate", "score", "token_ids"]
     payload: Any
     future: asyncio.Future
     tries: int = 0  # replicas that died holding it
@@ -341,6 +343,10 @@ class RayEngine(Engine):
 
     async def score(self, messages: Sequence[Message], continuations: Sequence[str]) -> list[float]:
         return (await self._submit([("score", (list(messages), list(continuations)))]))[0]
+
+    async def token_ids(self, text: str) -> list[int]:
+        """Asked of a replica: the inner engine's tokenizer lives there."""
+        return (await self._submit([("token_ids", text)]))[0]
 
     async def _submit(self, work: list[tuple[str, Any]]) -> list[Any]:
         loop = self._bind_loop()

@@ -157,6 +157,10 @@ class EvalJudgeOptions(Options):
     refusals: bool = option(True, help="Classify refusals on red-team and benign prompts (judge and phrase "
                                        "matcher).")
     bootstrap: int = option(500, help="Bootstrap resamples of the prompts for the Elo intervals.")
+    judge_agreement: str = option("none", help="A `cai eval judge` run (or its report.json) of this judge on "
+                                               "human-labelled pairs: its agreement with the humans, with its "
+                                               "interval, is stated beside each model's verdict, and verdicts of a "
+                                               "judge not above chance say so. 'none': not measured.")
 
     def check(self) -> None:
         at_least("--principles-per-label", self.principles_per_label, 1)
@@ -320,8 +324,26 @@ class ModelsEvalChain:
         return {"id": row.id, "source": row.source, "stage": stage, "code": code, "reason": reason, **extra}
 
 
+def _judge_agreement(judging: EvalJudgeOptions) -> dict[str, Any] | None:
+    """The judge's agreement with human labels from `--judge-agreement` (a `cai eval judge` run)."""
+    import json
+
+    from cai.evaluate.aggregate import judge_agreement
+
+    if judging.judge_agreement == "none":
+        return None
+    path = Path(judging.judge_agreement)
+    file = path / "report.json" if path.is_dir() else path
+    try:
+        loaded = json.loads(file.read_text("utf-8"))
+        return judge_agreement(loaded, judging.judge, str(path))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"--judge-agreement {judging.judge_agreement}: not a `cai eval judge` run or its "
+                          f"report.json ({type(exc).__name__}: {exc})") from None
+
+
 def run_models_eval(config: ModelsEvalConfig, *, show_progress: bool = True, console: Any = None) -> Any:
-    from cai.evaluate.aggregate import REPORT_FILE, headlines, models_report
+    from cai.evaluate.aggregate import REPORT_FILE, headlines, models_report, verdicts
     from cai.runs.job import run_job
 
     judging, named = config.judging, config.policies.named()
@@ -330,6 +352,7 @@ def run_models_eval(config: ModelsEvalConfig, *, show_progress: bool = True, con
     constitutions = {"harmless": judge_constitution(judging.harmless_constitution, "--harmless-constitution"),
                      "helpful": judge_constitution(judging.helpful_constitution, "--helpful-constitution")}
     files = {name: FilePolicy.load(name, spec) for name, spec in named if is_response_file(spec)}
+    agreement = _judge_agreement(judging)  # a wrong --judge-agreement fails now, not after every answer
 
     def make_chain(engines: Any, run: Any) -> ModelsEvalChain:
         options = config.run.engine_options
@@ -359,6 +382,8 @@ def run_models_eval(config: ModelsEvalConfig, *, show_progress: bool = True, con
         records = list(run.store.results(STAGE, "ok"))
         records += [f["trace"] for f in run.store.results(STAGE, "failed") if f.get("trace", {}).get("responses")]
         full = models_report(records, [name for name, _ in named], bootstrap=judging.bootstrap, seed=config.run.seed)
+        full["judge_agreement"] = agreement
+        full["verdicts"] = verdicts(full, agreement)
         run.write_json(REPORT_FILE, full)
         return {"report_file": REPORT_FILE, **headlines(full)}
 

@@ -62,6 +62,9 @@ class WatchedJudge(Engine):
     def cache_identity(self) -> dict[str, str]:
         return self.inner.cache_identity()
 
+    async def token_ids(self, text: str) -> list[int]:
+        return await self.inner.token_ids(text)
+
     async def aclose(self) -> None:
         await self.inner.aclose()
 

@@ -5,10 +5,18 @@
   3. rl      candidates from the SFT model, labelled by the starting model -> <out>/rl
   4. reward  a preference model on the AI labels                         -> <out>/models/pm
   5. dpo     DPO of the SFT model on the AI labels                       -> <out>/models/dpo
+  6. rlaif   (--rlaif) direct RLAIF of the SFT model: GRPO with the judge's
+             expected rating as the reward (`cai train policy --reward judge-score`) -> <out>/models/rlaif
+  7. judge-check  the evaluation judge on shipped human-labelled hh-rlhf pairs -> <out>/judge-check
+  8. eval    `cai eval models` of start, sft, dpo (and rlaif) on the recipe's red-team
+             prompts (held in: they trained the models) and the shipped helpful and
+             benign sets, judged by --eval-judge                          -> <out>/eval
 
 Data stages resume through their stores; a training stage is skipped when its
-`train_report.json` exists. A summary table of every stage and an HTML report
-(`<out>/report.html`, `cai report`) end the run.
+`train_report.json` exists. The run ends with the model-comparison table (Elo with
+intervals, refusal rates), one verdict line per stage against the starting model with the
+judge's agreement with human labels beside it, a summary table of every stage and an HTML
+report (`<out>/report.html`, `cai report`) whose Elo figure plots the stages.
 """
 
 from __future__ import annotations
@@ -21,7 +29,11 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from cai.core.options import Options, option
+from cai.core.errors import ConfigError
+from cai.core.options import Options, at_least, option
+
+#: the human-labelled pairs the evaluation judge is checked on (hh-rlhf, MIT; see samples/LICENSE-hh-rlhf.txt)
+HUMAN_PAIRS = "hh_rlhf_harmless_100.jsonl"
 
 
 @dataclass
@@ -45,6 +57,22 @@ class RecipeConfig(Options):
     #: them (flagged `truncated` in sl.jsonl) rather than train on nothing
     keep_truncated: bool = option(True, help="Keep final revisions cut off at --max-tokens (flagged) rather than "
                                              "train on nothing at demo scale.")
+    evaluate: bool = option(True, help="End with `cai eval models` of the starting, SFT and DPO models (and the "
+                                       "direct-RLAIF one with --rlaif): Elo, verdicts and refusal rates.")
+    eval_judge: str | None = option(None, help="The evaluation judge (default: --model); it may differ from the "
+                                               "judge that labelled the training data.")
+    eval_limit: int = option(8, help="Prompts per evaluation set: the recipe's red-team prompts (held in), the "
+                                     "shipped helpful and benign-but-sensitive prompts.")
+    judge_check_pairs: int = option(100, help="Shipped human-labelled hh-rlhf pairs (up to 100) on which the "
+                                              "evaluation judge's agreement with humans is measured; 0 skips it.")
+    rlaif: bool = option(False, help="Also train a direct-RLAIF model from the SFT model (GRPO, the judge's "
+                                     "expected rating as the reward, judged by --model) and evaluate it.")
+
+    def check(self) -> None:
+        at_least("--eval-limit", self.eval_limit, 1)
+        at_least("--judge-check-pairs", self.judge_check_pairs, 0)
+        if self.judge_check_pairs > 100:
+            raise ConfigError(f"--judge-check-pairs: 100 pairs ship with cai; got {self.judge_check_pairs}")
 
 
 def _train(out: Path, make: Any) -> dict[str, Any]:
@@ -89,6 +117,19 @@ def run_recipe(config: RecipeConfig, *, show_progress: bool = True) -> dict[str,
         rep = _train(dpo_out, lambda: dpo.main(dpo.DPOWrapperConfig(
             data=str(root / "rl"), model=str(sft_out), out=str(dpo_out), **steps)))
         stages["dpo"] = f"{rep['steps']} steps, final loss {rep['final_loss']}"
+    models = {"start": config.model, "sft": f"hf:{sft_out}"}
+    if pairs:
+        models["dpo"] = f"hf:{root / 'models' / 'dpo'}"
+    if config.rlaif:
+        rlaif_out = root / "models" / "rlaif"
+        rep = _train(rlaif_out, lambda: _rlaif(config, root, sft_out, rlaif_out, steps))
+        models["rlaif"] = f"hf:{rlaif_out}"
+        reward = rep.get("reward") or {}
+        stages["rlaif"] = (f"{rep['steps']} GRPO steps against the judge's expected rating: mean reward "
+                           f"{reward.get('reward_mean_first')} -> {reward.get('reward_mean_last')}, "
+                           f"{reward.get('judge_calls')} judge calls")
+    if config.evaluate:
+        stages.update(_evaluate(config, root, models, show_progress, console))
     from cai.report import ReportConfig, build_report
 
     built = build_report(ReportConfig(paths=[str(root)], out=str(root / "report.html")))
@@ -101,3 +142,54 @@ def run_recipe(config: RecipeConfig, *, show_progress: bool = True) -> dict[str,
     console.print(table)
     (root / "recipe_summary.json").write_text(json.dumps(stages, indent=2) + "\n")
     return stages
+
+
+def _rlaif(config: RecipeConfig, root: Path, sft_out: Path, out: Path, steps: dict[str, Any]) -> dict[str, Any]:
+    """Direct RLAIF of the SFT model on the RL run's prompts, judged by the starting model."""
+    from cai.train import policy
+    from cai.train.configs import PolicyRLConfig
+
+    return policy.main(PolicyRLConfig(data=str(root / "rl"), model=str(sft_out), out=str(out), reward="judge-score",
+                                      judge=config.model, algo="grpo", num_generations=2,
+                                      max_completion_length=config.max_tokens, **steps))
+
+
+def _evaluate(config: RecipeConfig, root: Path, models: dict[str, str], show_progress: bool,
+              console: Console) -> dict[str, str]:
+    """The judge's agreement with human labels, then `cai eval models` of every stage's model."""
+    from cai.evaluate.judge import JudgeEvalConfig, run_judge_eval
+    from cai.evaluate.models import ModelsEvalConfig, run_models_eval
+    from cai.inputs.prompts import shipped_sample
+    from cai.report.eval_sections import comparison_table
+
+    judge = config.eval_judge or config.model
+    stages: dict[str, str] = {}
+    agreement = "none"
+    if config.judge_check_pairs:
+        check = run_judge_eval(JudgeEvalConfig.of(pairs=shipped_sample(HUMAN_PAIRS), out=str(root / "judge-check"),
+                                                  judges=[judge], limit=config.judge_check_pairs,
+                                                  constitution="eval-harmless", seed=config.seed),
+                               show_progress=show_progress, console=console)
+        rep = check.summary["report"]
+        agreement = str(root / "judge-check")
+        low, high = rep["accuracy_ci95"]
+        stages["judge-check"] = (f"{judge} agrees with human labels {rep['accuracy']:.2f} [{low:.2f}, {high:.2f}] of "
+                                 f"{rep['pairs_asked']} hh-rlhf pairs")
+    result = run_models_eval(ModelsEvalConfig.of(
+        prompts=config.prompts, out=str(root / "eval"), models=[f"{n}={spec}" for n, spec in models.items()],
+        judge=judge, limit=config.eval_limit, max_tokens=config.max_tokens, seed=config.seed,
+        judge_agreement=agreement), show_progress=show_progress, console=console)
+    report = json.loads((result.run.path / "report.json").read_text())
+    headers, rows = comparison_table(report)
+    table = Table(title="Models compared (Elo relative to start, 95% intervals; refusal rates)")
+    for header in headers:
+        table.add_column(header)
+    for row in rows:
+        table.add_row(*[str(c) for c in row])
+    console.print(table)
+    for verdict in report.get("verdicts", []):
+        stages[f"verdict: {verdict['model']}"] = verdict["line"]
+    red_team = (report.get("harmlessness") or {}).get("prompts", 0)
+    stages["eval"] = f"{len(models)} models ({', '.join(models)}) on {red_team} red-team prompts; {result.run.path}"
+    return stages
+

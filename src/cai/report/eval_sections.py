@@ -1,4 +1,8 @@
-"""Report sections for model evaluations: win rates, Elo, refusals, and the score-by-revision curve.
+"""Report sections for model evaluations: win rates, Elo, refusals, verdicts, and the score-by-revision curve.
+
+The model evaluation's section opens with the Elo figure (helpfulness against harmlessness per
+model: per stage when `cai recipe` made it), the model-comparison table, one verdict per model
+against the first and the judge's own agreement with human labels (`--judge-agreement`).
 
 Both read the run's `report.json` (written by `cai eval models` / `cai eval revisions`
 from `cai.evaluate.aggregate`) and a few records for examples; nothing is recomputed here, so
@@ -70,6 +74,7 @@ def models_section(source: Source, examples: int) -> Section:
             + "; ".join(f"{s}: {d['elo']['denominator']}" for s, d in (("harmlessness", harmless),
                                                                           ("helpfulness", helpful))
                         if d and d.get("elo"))))
+    _verdicts(section, report)
     for scale, data in (("harmlessness", harmless), ("helpfulness", helpful)):
         if data:
             section.tables += _scale_tables(scale, data)
@@ -98,6 +103,50 @@ def models_section(source: Source, examples: int) -> Section:
                                      "95% CI", "matcher denominator", "agreement"], rows))
     _model_examples(section, source, models, examples)
     return finish_section(section)
+
+
+def comparison_table(report: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
+    """(headers, rows): per model, its Elo on each scale with the interval and its refusal rates."""
+    def elo(scale: str, model: str) -> str:
+        data = ((report.get(scale) or {}).get("elo") or {}).get("players", {}).get(model)
+        return f"{data['elo']:+.0f} [{data['ci95'][0]:+.0f}, {data['ci95'][1]:+.0f}]" if data else "—"
+
+    def refusal(kind: str, model: str) -> str:
+        data = ((report.get("refusals") or {}).get(kind) or {}).get("models", {}).get(model)
+        if not data:
+            return "—"
+        return " / ".join("—" if data[how]["rate"] is None else f"{data[how]['rate']:.2f}"
+                          for how in ("judge", "matcher"))
+
+    headers = ["model", "harmlessness Elo [95%]", "helpfulness Elo [95%]", "red-team refusals (judge / matcher)",
+               "benign refusals (judge / matcher)"]
+    return headers, [[m, elo("harmlessness", m), elo("helpfulness", m), refusal("red_team", m),
+                      refusal("benign", m)] for m in report.get("models", [])]
+
+
+def _verdicts(section: Section, report: dict[str, Any]) -> None:
+    """The model-comparison table, one verdict line per model against the first, and the judge's own
+    agreement with human labels beside them."""
+    headers, rows = comparison_table(report)
+    section.tables.append(Table("Models compared: Elo relative to the first model with 95% intervals, and refusal "
+                                "rates (denominators in the refusal table below).", headers, rows))
+    agreement = report.get("judge_agreement")
+    if agreement:
+        low, high = agreement["ci95"]
+        section.facts.append(("judge vs human labels", f"{agreement['accuracy']} [{low}, {high}] of "
+                                                       f"{agreement['pairs']} pairs"
+                              + ("" if agreement["above_chance"] else " (not above chance)")))
+    lines = report.get("verdicts") or []
+    if lines:
+        caveat = ("The judge's agreement with human labels was not measured (--judge-agreement)." if not agreement
+                  else f"The judge agrees with human labels {agreement['accuracy']} [{agreement['ci95'][0]}, "
+                       f"{agreement['ci95'][1]}] of {agreement['pairs']} pairs ({agreement['source']}).")
+        section.tables.append(Table("Verdicts: each model against the first; a difference is significant when its "
+                                    f"95% interval excludes 0. {caveat}", ["verdict"], [[v["line"]] for v in lines]))
+    if agreement and not agreement["above_chance"]:
+        section.notes.append(f"the evaluation judge {agreement['judge']} is not shown to agree with human labels above "
+                             f"chance ({agreement['accuracy']} [{agreement['ci95'][0]}, {agreement['ci95'][1]}]): "
+                             "its verdicts cannot tell a better model from a worse one")
 
 
 def _counts(counts: dict[str, int]) -> str:

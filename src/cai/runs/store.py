@@ -204,5 +204,8 @@ class CachedEngine(Engine):
         self.stats["calls_made"] += 1
         return scores
 
+    async def token_ids(self, text: str) -> list[int]:
+        return await self.inner.token_ids(text)
+
     async def aclose(self) -> None:
         await self.inner.aclose()

@@ -21,7 +21,6 @@ import torch
 from trl import DPOTrainer
 
 from cai.train.common import (
-    CommonTrainConfig,
     TrainError,
     finish,
     load_tokenizer,

@@ -20,7 +20,6 @@ from typing import Any
 from trl import RewardTrainer
 
 from cai.train.common import (
-    CommonTrainConfig,
     TrainError,
     finish,
     load_tokenizer,

@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any
 
 from cai.train.common import (
-    CommonTrainConfig,
     TrainError,
     finish,
     load_tokenizer,

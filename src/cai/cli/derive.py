@@ -41,7 +41,8 @@ def _cli_type(owner: type, f: Any) -> Any:
     return hint
 
 
-def _parameter(owner: type, f: Any, default: Any, panel: str | None = None) -> inspect.Parameter:
+def _parameter(owner: type, f: Any, default: Any, panel: str | None = None, *,
+               argument: bool = False) -> inspect.Parameter:
     flag = flag_of(f)
     names = [flag] + ([f.metadata["short"]] if f.metadata.get("short") else [])
     help_text = f.metadata["help"]
@@ -59,6 +60,10 @@ def _parameter(owner: type, f: Any, default: Any, panel: str | None = None) -> i
         shown = False
     else:
         shown = False if default is None or default == "" else str(default)
+    if argument:  # positional; still None unless given, so --config can fill it
+        info = typer.Argument(help=f.metadata["help"], show_default=False, metavar=f.name.upper())
+        return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=None,
+                                 annotation=Annotated[Optional[cli_type], info])
     info = typer.Option(*names, help=help_text, show_default=shown, metavar=f.metadata.get("metavar"),
                         rich_help_panel=panel)
     return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=None,
@@ -66,17 +71,26 @@ def _parameter(owner: type, f: Any, default: Any, panel: str | None = None) -> i
 
 
 def config_command(app: typer.Typer, name: str, config_cls: type[C], *, quiet: bool = True,
-                   ) -> Callable[[Callable[[C, bool], None]], Callable[..., None]]:
-    """Register `name` on `app`, its options derived from `config_cls`; the decorated function runs it."""
+                   arguments: tuple[str, ...] = ()) -> Callable[[Callable[[C, bool], None]], Callable[..., None]]:
+    """Register `name` on `app`, its options derived from `config_cls`; the decorated function runs it.
+    The options named in `arguments` are positional arguments instead, in that order, first."""
     def decorate(run: Callable[[C, bool], None]) -> Callable[..., None]:
         defaults = config_cls.defaults()
         params, seen = [], set()
         groups = config_cls.groups()
+        positional: dict[str, inspect.Parameter] = {}
         for group, f in config_cls.option_fields():
             assert f.name not in seen, f"{config_cls.__name__}: option {f.name!r} appears in two groups"
             seen.add(f.name)
             owner = groups[group] if group else config_cls
-            params.append(_parameter(owner, f, defaults.get(f.name), group.capitalize() if group else None))
+            parameter = _parameter(owner, f, defaults.get(f.name), group.capitalize() if group else None,
+                                   argument=f.name in arguments)
+            if f.name in arguments:
+                positional[f.name] = parameter
+            else:
+                params.append(parameter)
+        assert set(positional) == set(arguments), f"{config_cls.__name__} has no option {set(arguments) - seen}"
+        params = [positional[a] for a in arguments] + params
         params.append(inspect.Parameter("config_file", inspect.Parameter.KEYWORD_ONLY, default=None,
                                         annotation=ConfigFileOpt))
         if quiet:

@@ -15,7 +15,9 @@ cleaned `revision`), each revision is scored against the initial answer:
 The curve (`report.json`, `cai.evaluate.aggregate.revisions_report`) gives, per round, the win
 rate with its Wilson interval, the mean probability, the position-bias rate, and the
 mean reward with its standard error, each over the rows it counts; rows the SL run
-failed are not scored and are counted. Labels that fail go to failures.jsonl.
+failed are not scored and are counted. Labels that fail go to failures.jsonl. `per_principle`
+(in report.json and the summary) is the same win rate split by the SL principle each revision
+was made under, so an author sees which principles' revisions lose to the answer they revise.
 
 Not here: running SL (`cai.generate.sl`), drawing the curve (`cai.report`).
 """
@@ -41,6 +43,7 @@ from cai.label.base import LabelFailure
 from cai.label.pairwise import PairwiseLabeler
 from cai.runs.job import RunOptions
 from cai.runs.store import Store
+from cai.stats.principles import revision_table
 
 STAGE = "eval-revisions"
 SCALES = ("harmlessness", "helpfulness")
@@ -216,6 +219,13 @@ class RevisionsChain:
         entry[scale] = out
 
 
+def principle_win_rates(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The revision win rate against the initial answer, per SL principle that asked for the revision
+    (`cai.stats.principles.revision_table`), per scale judged."""
+    return revision_table((entry.get("principle_id") or "", scale, entry[scale].get("p_revision"))
+                          for r in records for entry in r["rounds"] for scale in SCALES if scale in entry)
+
+
 def run_revisions_eval(config: RevisionsEvalConfig, *, show_progress: bool = True, console: Any = None) -> Any:
     from cai.evaluate.aggregate import REPORT_FILE, revision_headlines, revisions_report
     from cai.runs.job import run_job
@@ -242,9 +252,12 @@ def run_revisions_eval(config: RevisionsEvalConfig, *, show_progress: bool = Tru
         return {"revisions.jsonl": run.write_jsonl("revisions.jsonl", run.store.results(STAGE, "ok"))}
 
     def report(run: Any, summary: dict[str, Any]) -> dict[str, Any]:
-        full = revisions_report(list(run.store.results(STAGE, "ok")), config.inputs.failed_rows())
+        records = list(run.store.results(STAGE, "ok"))
+        full = revisions_report(records, config.inputs.failed_rows())
+        full["per_principle"] = principle_win_rates(records)
         run.write_json(REPORT_FILE, full)
-        return {"report_file": REPORT_FILE, "sl_run": str(Path(config.inputs.sl_run)), **revision_headlines(full)}
+        return {"report_file": REPORT_FILE, "sl_run": str(Path(config.inputs.sl_run)), **revision_headlines(full),
+                "per_principle": full["per_principle"]}
 
     result = run_job(command="eval revisions", stage=STAGE, config=config, inputs=config.inputs,
                      make_chain=make_chain, write_outputs=write_outputs,

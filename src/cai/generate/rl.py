@@ -15,11 +15,15 @@ label failed (`nonfinite_score`, `too_few_judges`, ...): one pair's failure neve
 the row's other pairs. Every label asked for is logged in the row's `label_attempts`
 with its outcome, so the summary's rates count every attempt, not the survivors.
 Rows go out in TRL's conversational preference format with provenance columns.
+The summary's `per_principle` table splits the same counts by the principle each label
+was asked under (`cai.stats.principles.sampled_table`), so an author sees which principles
+never move a label.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +36,7 @@ from cai.label.base import Judgement, Labeler
 from cai.label.registry import LabelerOptions, make_labeler
 from cai.runs.job import RunOptions
 from cai.runs.rows import ChainFailure
+from cai.stats.principles import LabelAttempt, sampled_table
 from cai.text.parsing import find_defect
 
 STAGE = "rl"
@@ -84,10 +89,11 @@ def _attempt(judgement: Judgement, outcome: str) -> dict[str, Any]:
     if label is not None:
         return {"candidates": [judgement.x, judgement.y], "outcome": outcome, "p_x": label.p_x,
                 "position_bias": label.position_bias, "label_margin": abs(2 * label.p_x - 1),
-                "judge_generated_tokens": label.generated_tokens}
+                "judge_generated_tokens": label.generated_tokens, "principle_ids": list(label.principle_ids)}
     assert judgement.failure is not None
     return {"candidates": [judgement.x, judgement.y], "outcome": outcome, "p_x": None, "position_bias": None,
-            "label_margin": None, "judge_generated_tokens": judgement.failure.generated_tokens}
+            "label_margin": None, "judge_generated_tokens": judgement.failure.generated_tokens,
+            "principle_ids": list(judgement.failure.principle_ids)}
 
 
 class RLChain:
@@ -207,16 +213,20 @@ def _margin(pref: dict[str, Any]) -> float:
     return pref["label_margin"] if "label_margin" in pref else pref["margin"]
 
 
-def label_summary(run: Any, summary: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Label counts and rates, each over an explicit denominator.
+def label_summary(run: Any, summary: dict[str, Any] | None = None, principle_ids: Sequence[str] = ()
+                  ) -> dict[str, Any]:
+    """Label counts and rates, each over an explicit denominator, and the same per principle.
 
     Rates are computed over *every label the judge was asked for* (`label_attempts` of
     every row, finished or failed), not over the preference rows that survived: ties,
     `--min-margin` drops and best-worst's unused pairs are exactly the labels a biased
-    judge produces, so leaving them out would flatter it.
+    judge produces, so leaving them out would flatter it. `per_principle`
+    (`cai.stats.principles.sampled_table`) splits them by the principle each label was asked
+    under; `principle_ids` (the constitution's judge principles) shows the ones never sampled.
     """
     attempts = labelled = both_orders = position_biased = tokens = pairs = near_coin_flip = 0
     margins: list[float] = []  # summed at the end, as sum() always did (one float per kept pair)
+    by_principle: list[LabelAttempt] = []
     outcomes: Counter[str] = Counter()
     dropped: Counter[str] = Counter()
     bins = {f"{lo / 10:.1f}-{(lo + 1) / 10:.1f}": 0 for lo in range(5, 10)}
@@ -235,6 +245,8 @@ def label_summary(run: Any, summary: dict[str, Any] | None = None) -> dict[str, 
         for a in row_attempts:
             attempts += 1
             outcomes[a["outcome"]] += 1
+            by_principle.append(LabelAttempt(tuple(a.get("principle_ids") or ()), a["outcome"], a["p_x"],
+                                             a["position_bias"]))
             tokens += a["judge_generated_tokens"]
             if a["p_x"] is not None:
                 labelled += 1
@@ -259,6 +271,7 @@ def label_summary(run: Any, summary: dict[str, Any] | None = None) -> dict[str, 
         "position_bias_denominator": f"{both_orders} labels judged in both orders, of {attempts} attempted",
         "label_failures": attempts - labelled,
         "judge_generated_tokens_per_attempt": round(tokens / attempts, 2) if attempts else None,
+        "per_principle": sampled_table(by_principle, principle_ids=principle_ids),
     }
 
 
@@ -289,5 +302,6 @@ def run_rl(config: RLConfig, *, show_progress: bool = True, console: Any = None)
         command="rl", stage=STAGE, config=config, inputs=config.inputs,
         make_chain=make_chain, write_outputs=write_outputs,
         manifest_parts={"constitution": config.constitution.manifest(constitution)},
-        show_progress=show_progress, console=console, extra_summary=label_summary,
+        show_progress=show_progress, console=console,
+        extra_summary=lambda run, summary: label_summary(run, summary, [p.id for p in constitution.judge_principles]),
     )

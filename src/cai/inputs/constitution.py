@@ -11,6 +11,12 @@ request (SL-CAI) and a judge question (RL-CAI). Constitutions load from:
   turned into requests by the templates in `prompts/principle_from_text.yaml`; a
   trailing "Options:" (how Anthropic's RL principle list, `RLMadisonInstructions.json`,
   ends each question) is dropped, since our judge templates add their own;
+- Markdown (`.md`), as published constitutions are: prose under headings, with lists,
+  read by `cai.inputs.markdown_constitution` (one principle per list item or paragraph,
+  section order as `priority`, a "Hard constraints" section's items marked `hard`), the
+  requests filled from `prompts/principle_from_markdown.yaml` (or the user's copy), the
+  sha256 of the Markdown text pinned in `meta["imported_from"]`; `constitution_yaml` writes
+  the result as our YAML (`cai constitution import`);
 - two files assembled into one: `load_constitution(sl_file, judge_principles=rl_file)`
   (`--constitution sl.json --judge-principles rl.json`), or a YAML naming both,
   `{name, description, sl_principles: path, judge_principles: path}` with paths relative
@@ -25,10 +31,11 @@ the same principles however the run is interleaved or resumed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import re
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -39,10 +46,16 @@ from cai.core.errors import CAIError, ConfigError
 from cai.core.options import Options, option
 from cai.core.types import derive_seed, stable_hash
 from cai.inputs.files import read_user_text
+from cai.inputs.markdown_constitution import HARD_HEADING, MarkdownConstitutionError, MarkdownParse, parse_markdown
 
 
 class ConstitutionError(CAIError, ValueError):
     pass
+
+
+#: what a principle's hash covers: what models are asked
+HASHED = ("id", "critique", "revision", "judge")
+PRINCIPLE_KEYS = {"id", "critique", "revision", "judge", "text", "section", "priority", "hard"}
 
 
 @dataclass(frozen=True)
@@ -51,6 +64,13 @@ class Principle:
     critique: str = ""
     revision: str = ""
     judge: str = ""
+    #: where it came from, for its author (a Markdown constitution fills these): the principle as written, its
+    #: heading path, its section's rank (1 first) and whether it is a hard constraint. Not in the hash: they
+    #: change nothing a model is asked.
+    text: str = ""
+    section: str = ""
+    priority: int | None = None
+    hard: bool = False
 
 
 @dataclass
@@ -71,7 +91,7 @@ class Constitution:
 
     @property
     def hash(self) -> str:
-        return stable_hash([asdict(p) for p in self.principles])[:16]
+        return stable_hash([{k: getattr(p, k) for k in HASHED} for p in self.principles])[:16]
 
     @property
     def sl_principles(self) -> list[Principle]:
@@ -152,6 +172,8 @@ def _load(ref: str | Path, *, what: str = "constitution", inside: Path | None = 
             f"{what} {ref_str!r} is neither a shipped name ({', '.join(shipped_constitutions())}) nor a file")
     text = read_user_text(path)
     suffix = path.suffix.lower()
+    if suffix in (".md", ".markdown"):
+        return markdown_constitution(text, str(path))
     try:
         if suffix == ".txt":
             lines = [ln.strip() for ln in text.splitlines()]
@@ -213,12 +235,24 @@ def _from_own_yaml(data: dict[str, Any], source: str) -> Constitution:
     for i, item in enumerate(data.get("principles") or []):
         if not isinstance(item, dict) or "id" not in item:
             raise ConstitutionError(f"{source}: principle #{i + 1} needs at least an 'id'")
-        unknown = set(item) - {"id", "critique", "revision", "judge"}
+        unknown = set(item) - PRINCIPLE_KEYS
         if unknown:
             raise ConstitutionError(f"{source}: principle {item['id']!r} has unknown keys {sorted(unknown)}")
-        principles.append(Principle(**{k: str(v).strip() for k, v in item.items()}))
+        values: dict[str, Any] = {k: str(v).strip() for k, v in item.items() if k not in ("priority", "hard")}
+        if item.get("priority") is not None:
+            if not isinstance(item["priority"], int) or isinstance(item["priority"], bool):
+                raise ConstitutionError(f"{source}: principle {item['id']!r}: priority must be a whole number, got "
+                                        f"{item['priority']!r}")
+            values["priority"] = item["priority"]
+        if "hard" in item:
+            if not isinstance(item["hard"], bool):
+                raise ConstitutionError(f"{source}: principle {item['id']!r}: hard must be true or false, got "
+                                        f"{item['hard']!r}")
+            values["hard"] = item["hard"]
+        principles.append(Principle(**values))
+    meta = {"imported_from": data["imported_from"]} if isinstance(data.get("imported_from"), dict) else {}
     return Constitution(name=str(data.get("name") or Path(source).stem), principles=principles,
-                        description=str(data.get("description") or "").strip(), source=source)
+                        description=str(data.get("description") or "").strip(), source=source, meta=meta)
 
 
 _FRAMING = re.compile(r"^\s*(CritiqueRequest|RevisionRequest|Critique|Revision)\s*:\s*", re.IGNORECASE)
@@ -259,13 +293,105 @@ def _from_plain_list(items: list[Any], source: str) -> Constitution:
                         meta={"format": "plain-list"})
 
 
+MARKDOWN_TEMPLATES = "principle_from_markdown.yaml"
+_TEMPLATE_KINDS = ("principle", "hard_constraint")
+
+
+def markdown_templates(path: str | Path | None = None) -> tuple[dict[str, dict[str, str]], str]:
+    """The request templates for Markdown principles (the shipped file, or the user's) and where they came from."""
+    if path is None:
+        where = f"cai:prompts/{MARKDOWN_TEMPLATES}"
+        text = (resources.files("cai") / "prompts" / MARKDOWN_TEMPLATES).read_text("utf-8")
+    else:
+        where, text = str(path), read_user_text(path)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConstitutionError(f"{where}: not valid YAML: {exc}") from exc
+    for kind in _TEMPLATE_KINDS:
+        part = data.get(kind) if isinstance(data, dict) else None
+        missing = [k for k in ("critique", "revision", "judge") if not isinstance((part or {}).get(k), str)]
+        if missing:
+            raise ConstitutionError(f"{where}: '{kind}' needs the templates {', '.join(missing)} (strings using "
+                                    "{principle} and {section})")
+    return data, where
+
+
+def markdown_constitution(text: str, source: str, *, templates: str | Path | None = None,
+                          hard_heading: str = HARD_HEADING, exclude_sections: tuple[str, ...] = ()) -> Constitution:
+    """A Markdown constitution (`cai.inputs.markdown_constitution`) with its requests filled from the templates;
+    `meta` pins the source's sha256 and keeps each principle's line and what the parser left out."""
+    try:
+        parsed = parse_markdown(text, source, hard_heading=hard_heading, exclude_sections=exclude_sections)
+    except MarkdownConstitutionError as exc:
+        raise ConstitutionError(str(exc)) from exc
+    filled, where = markdown_templates(templates)
+    return _from_markdown_parse(parsed, source, filled, where, hashlib.sha256(text.encode("utf-8")).hexdigest())
+
+
+def _from_markdown_parse(parsed: MarkdownParse, source: str, templates: dict[str, dict[str, str]], where: str,
+                         sha256: str) -> Constitution:
+    principles = []
+    for rec in parsed.principles:
+        kind = templates["hard_constraint" if rec.hard else "principle"]
+        requests = {k: kind[k].replace("{principle}", rec.text).replace("{section}", rec.heading)
+                    for k in ("critique", "revision", "judge")}
+        principles.append(Principle(id=rec.id, **requests, text=rec.text, section=rec.section,
+                                    priority=rec.priority, hard=rec.hard))
+    meta = {"format": "markdown", "imported_from": {"path": source, "sha256": sha256, "templates": where},
+            "lines": {rec.id: rec.line for rec in parsed.principles},
+            "skipped": [{"code": s.code, "line": s.line, "text": s.text} for s in parsed.skipped]}
+    return Constitution(name=parsed.title or Path(source).stem, principles=principles,
+                        description=parsed.description, source=source, meta=meta)
+
+
+def constitution_yaml(constitution: Constitution) -> str:
+    """Our YAML for a constitution, each principle under a comment naming its source line (an import's output)."""
+    meta = constitution.meta
+    imported = meta.get("imported_from") or {}
+    lines = [f"# Written by `cai constitution import` from {imported.get('path', constitution.source)}",
+             f"# (sha256 {imported.get('sha256', '?')}); requests from {imported.get('templates', '?')}.",
+             "# Edit freely: `cai constitution show` says when the source has changed since.",
+             yaml.safe_dump({"name": constitution.name, "description": constitution.description,
+                             "imported_from": imported}, sort_keys=False, allow_unicode=True, width=110).rstrip(),
+             "principles:"]
+    where = Path(str(imported.get("path", ""))).name
+    for p in constitution.principles:
+        line = (meta.get("lines") or {}).get(p.id)
+        lines.append(f"  # {where}:{line}" + (" · hard constraint" if p.hard else "") if line else "  #")
+        item = {k: v for k, v in (("id", p.id), ("section", p.section), ("priority", p.priority), ("hard", p.hard),
+                                  ("text", p.text), ("critique", p.critique), ("revision", p.revision),
+                                  ("judge", p.judge)) if v not in ("", None)}
+        dumped = yaml.safe_dump([item], sort_keys=False, allow_unicode=True, width=110).rstrip()
+        lines += ["  " + ln for ln in dumped.splitlines()]
+    return "\n".join(lines) + "\n"
+
+
+def source_status(constitution: Constitution, base: Path | None = None) -> str:
+    """Whether the Markdown a constitution was imported from still has the pinned hash."""
+    imported = constitution.meta.get("imported_from") or {}
+    if not imported.get("sha256"):
+        return ""
+    path = Path(str(imported.get("path", "")))
+    if not path.is_absolute() and base is not None and not path.is_file():
+        path = base / path
+    if not path.is_file():
+        return f"source {imported.get('path')} not found (pinned sha256 {str(imported['sha256'])[:12]})"
+    now = hashlib.sha256(read_user_text(path).encode("utf-8")).hexdigest()
+    if now == imported["sha256"]:
+        return f"source {path} unchanged since import (sha256 {now[:12]})"
+    return (f"source {path} CHANGED since import (pinned sha256 {str(imported['sha256'])[:12]}, now {now[:12]}); "
+            "import it again to take the changes")
+
+
 @dataclass
 class ConstitutionOptions(Options):
     """Which constitution a job works under."""
 
     constitution: str = option("default", help="Shipped name (default) or a file: our YAML, Anthropic's "
                                                 "CritiqueRevisionInstructions JSON, a list of principles (.txt/"
-                                                ".json), or a YAML naming sl_principles and judge_principles files.")
+                                                ".json), a Markdown constitution (.md), or a YAML naming "
+                                                "sl_principles and judge_principles files.")
     judge_principles: str | None = option(
         None, help="A second file whose judge questions replace the constitution's, e.g. Anthropic's RL principle "
                    "list (RLMadisonInstructions.json) beside --constitution CritiqueRevisionInstructions.json; one "
@@ -275,9 +401,12 @@ class ConstitutionOptions(Options):
         return load_constitution(self.constitution, judge_principles=self.judge_principles)
 
     def manifest(self, constitution: Constitution) -> dict[str, Any]:
-        return {"name": constitution.name, "source": constitution.source, "hash": constitution.hash,
-                "principles": len(constitution.principles),
-                "judge_principles": len(constitution.judge_principles)}
+        manifest = {"name": constitution.name, "source": constitution.source, "hash": constitution.hash,
+                    "principles": len(constitution.principles),
+                    "judge_principles": len(constitution.judge_principles)}
+        if (constitution.meta.get("imported_from") or {}).get("sha256"):
+            manifest["source_sha256"] = constitution.meta["imported_from"]["sha256"]
+        return manifest
 
 
 # ---- the job -----------------------------------------------------------------------------

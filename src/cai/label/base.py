@@ -46,6 +46,8 @@ class LabelFailure(Exception):
         super().__init__(reason)
         self.reason, self.raw, self.generated_tokens, self.code = reason, raw or [], generated_tokens, code
         self.judge_failures = judge_failures or []
+        #: the principles the failed label was asked under, where the labeller knows them (per-principle figures)
+        self.principle_ids: list[str] = []
 
 
 @dataclass

@@ -43,6 +43,7 @@ from cai.inputs.constitution import Constitution, ConstitutionError, Principle
 from cai.inputs.few_shot import CotFewShot, load_cot_few_shot
 from cai.label.base import (
     AllPairs,
+    LabelFailure,
     LabelsThroughStrategy,
     PairLabel,
     is_plain,
@@ -163,10 +164,14 @@ class PairwiseLabeler(LabelsThroughStrategy):
         p_a: dict[bool, list[float]] = {True: [], False: []}
         raw, tokens = [], 0
         jobs = [(p, first) for p in principles for first in orders]
-        results = await asyncio.gather(*[
-            self._p_option_a(messages, p, *((x, y) if first else (y, x)),
-                             seed=derive_seed(self.seed, *key, p.id, first)) for p, first in jobs])
-        priors = await asyncio.gather(*[self._prior(p) for p, _ in jobs])
+        try:
+            results = await asyncio.gather(*[
+                self._p_option_a(messages, p, *((x, y) if first else (y, x)),
+                                 seed=derive_seed(self.seed, *key, p.id, first)) for p, first in jobs])
+            priors = await asyncio.gather(*[self._prior(p) for p, _ in jobs])
+        except LabelFailure as exc:  # per-principle figures count a failure against its principles
+            exc.principle_ids = [p.id for p in principles]
+            raise
         for (_, first), (pa, text, n), prior in zip(jobs, results, priors):
             p_a[first].append(self._final(pa, prior))
             raw += [text] if text else []

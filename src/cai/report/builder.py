@@ -2,7 +2,7 @@
 
 `build_report(ReportConfig(paths=[...], out="report.html"))` finds every run and model
 under the paths (`cai.report.sources`), builds one section per source
-(`cai.report.sections`, `cai.report.eval_sections`), and renders
+(`cai.report.sections`, `cai.report.eval_sections`, `cai.report.principle_sections`), and renders
 `templates/report.html.j2` with Jinja2, autoescaping every value: text from runs
 (prompts, answers, critiques, model names) can never become markup, and the page's
 Content-Security-Policy allows no script at all, so even a mistake in escaping could not
@@ -25,11 +25,12 @@ from markupsafe import Markup
 
 from cai.core.options import Options, at_least, option
 from cai.report.eval_sections import models_section, revisions_section
+from cai.report.principle_sections import add_principle_parts, constitutions_section, redteam_section
 from cai.report.sections import Section, judge_section, model_section, overview, rl_section, sl_section
 from cai.report.sources import Source, discover
 
 #: the order sections appear in: the answers to "did it work?" first
-ORDER = ("eval models", "eval revisions", "sl", "rl", "eval judge", "model")
+ORDER = ("eval models", "eval revisions", "eval constitutions", "redteam", "sl", "rl", "eval judge", "model")
 CLIP = 4000  # characters of one example text shown before it is cut (the count of the rest is shown)
 
 
@@ -38,7 +39,8 @@ class ReportConfig(Options):
     """What `cai report` reads and writes."""
 
     paths: list[str] = option(default_factory=list, help="Run directories (cai sl, rl, eval judge, eval models, "
-                                                          "eval revisions) and trained-model folders (cai train), "
+                                                          "eval revisions, eval constitutions) and trained-model "
+                                                          "folders (cai train), "
                                                           "in any mix; folders holding them are searched two levels "
                                                           "deep.")
     out: str = option("report.html", short="-o", help="The HTML file to write (self-contained; opens offline).")
@@ -59,6 +61,15 @@ class ReportResult:
 
 
 def section_for(source: Source, examples: int) -> Section:
+    """The source's own section, with its per-principle tables (`cai.report.principle_sections`)."""
+    return add_principle_parts(_section_for(source, examples))
+
+
+def _section_for(source: Source, examples: int) -> Section:
+    if source.kind == "eval constitutions":
+        return constitutions_section(source, examples)
+    if source.kind == "redteam":
+        return redteam_section(source, examples)
     if source.kind == "sl":
         return sl_section(source, examples)
     if source.kind == "rl":

@@ -178,3 +178,21 @@ def revision_curve(curves: dict[str, list[dict[str, Any]]], rewards: list[dict[s
         ax.legend(fontsize=7, loc="upper left")
     ax.xaxis.get_major_locator().set_params(integer=True)
     return to_svg(fig)
+
+
+def intervals(rows: Sequence[tuple[str, float | None, Sequence[float] | None]], *, title: str, xlabel: str,
+              reference: float | None = None, series: str = "") -> str:
+    """A forest plot: one row per label, its value as a dot and its interval as a line (per-principle figures)."""
+    shown = [(label, v, ci) for label, v, ci in rows if v is not None]
+    fig, ax = _figure(5.6, max(1.6, 0.28 * len(shown) + 1.0))
+    for y, (_, value, ci) in enumerate(shown):
+        if ci:
+            ax.plot([ci[0], ci[1]], [y, y], color=COLORS[0], linewidth=2, solid_capstyle="butt")
+        ax.plot([value], [y], "o", color=COLORS[1], markersize=4, label=plain(series) if series and y == 0 else None)
+    if reference is not None:
+        ax.axvline(reference, color="#888", linewidth=1, linestyle="--")
+    ax.set_yticks(list(range(len(shown))), [plain(label, 32) for label, _, _ in shown], fontsize=7)
+    ax.set_ylim(-0.8, max(len(shown), 1) - 0.2)
+    ax.invert_yaxis()
+    ax.set(title=plain(title, 80), xlabel=plain(xlabel, 80))
+    return to_svg(fig)

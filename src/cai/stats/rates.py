@@ -14,6 +14,7 @@
 - `RefusalMatcher`: the phrase matcher (`cai/prompts/refusal.yaml`), and `agreement`
   between two classifiers (share and Cohen's kappa, with the count they both decided).
 - `p_first`: P(first option) from two log-probs, the judge's soft answer.
+- `mcnemar_exact`: the exact (binomial) McNemar test of two classifiers on the same items.
 - `reliability_bins`: the points of a calibration (reliability) diagram.
 
 Not here: asking a model anything (`cai.evaluate.models`), drawing (`cai.report`).
@@ -70,6 +71,20 @@ def agreement(pairs: Sequence[tuple[bool, bool]]) -> dict[str, Any]:
     kappa = None if chance == 1 else round((same / n - chance) / (1 - chance), 4)
     return {"agreement": round(same / n, 4), "kappa": kappa, "both_decided": n,
             "denominator": f"{same} of {n} replies that both classifiers decided"}
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Two-sided exact McNemar p-value for paired yes/no outcomes: `b` pairs where only the first was
+    right, `c` where only the second was. Under no difference each discordant pair is a fair coin, so
+    p = P(a Binomial(b + c, 1/2) at least as far from the middle as min(b, c)), capped at 1; 1 with no
+    discordant pair."""
+    if b < 0 or c < 0:
+        raise ValueError(f"counts must be non-negative, got {b} and {c}")
+    n = b + c
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(min(b, c) + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
 
 
 def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:

@@ -51,8 +51,11 @@ $(STAMP): $(DEMO_STAMP)
 	touch $(STAMP)
 
 demo: setup-demo
+	# budgets that fit a 135M model: one round, replies stop at their first paragraph ('\n\n'; a
+	# reply cut at --max-tokens still fails as truncated), and a revision that copies its critique
+	# is resampled up to 5 times (every rejected attempt counted in the summary)
 	$(CAI) sl --prompts src/cai/samples/sample_prompts.jsonl --out runs/demo-sl \
-		--rounds 2 --max-tokens 96
+		--rounds 1 --max-tokens 192 --stop '\n\n' --revision-attempts 5
 	# --min-margin 0: the 135M judge's labels are near coin flips (margin < 0.1), which the
 	# default 0.1 would drop; here they are kept, counted in the summary, so the demo exports
 	$(CAI) rl --prompts src/cai/samples/sample_prompts.jsonl --out runs/demo-rl \
@@ -62,6 +65,8 @@ demo: setup-demo
 	$(CAI) eval revisions runs/demo-sl --judge smollm2 --limit 4 --quiet
 	$(CAI) report runs/demo-sl runs/demo-rl --out runs/demo-report.html
 	@echo "report: runs/demo-report.html"
+	@echo "A 135M model shows the machinery, not the quality: its critiques are poor and its labels sit near"
+	@echo "chance. Point --model and --judge at real models (hf:, openai:, vllm:) for real data."
 
 test: setup
 	# the layers of src/cai (pyproject.toml's import contracts): no import climbs a layer, no cycle

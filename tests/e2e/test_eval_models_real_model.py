@@ -95,6 +95,8 @@ def test_eval_revisions_with_the_judge(sl_run: Path, revisions_run: tuple[Path, 
         assert [p["round"] for p in points] == [1, 2]
         assert all(p["labelled"] + p["failures"] == finished for p in points)
     assert "labelled of" in stdout  # the summary table
+    # a win rate judged by the 135M model says what it is worth, where it is printed
+    assert "show the machinery, not the quality" in " ".join(stdout.split())
 
 
 def test_eval_revisions_with_a_preference_model(sl_run: Path, work: Path) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
@@ -58,7 +57,7 @@ def test_server_killed_mid_run_and_restarted(tmp_path, prompts) -> None:
     srv = LlamaServer().start()
     out = tmp_path / "run"
     args = ["sl", "--prompts", str(prompts), "--limit", "4", "--out", str(out), "--rounds", "1", "--max-tokens", "24",
-            "--keep-truncated",  # 24 tokens cut most revisions; this test is about the restart
+            "--keep-truncated", "--gates", "keep",  # 24 tokens cut most revisions; this test is about the restart
             "--model", f"openai:smollm2@{srv.base_url}", "--concurrency", "2", "-E", "max_retries=30",
             "-E", "backoff_max_s=2", "-E", "backoff_base_s=0.2", "--quiet"]
     run = subprocess.Popen([*CAI, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -51,7 +51,11 @@ def _ids(out: Path, stage_file: str) -> list[str]:
 
 def test_cai_sl_through_ray_writes_what_a_local_run_writes(cluster_env, tmp_path) -> None:
     prompts = _prompts(tmp_path, 2)
-    args = ["sl", "--prompts", str(prompts), "--rounds", "1", "--max-tokens", "24", "--keep-truncated", "--quiet"]
+    args = ["sl", "--prompts", str(prompts), "--rounds", "1", "--max-tokens", "24", "--keep-truncated",
+            "--gates", "keep", "--quiet",  # every row kept (the 135M model's revisions often copy its critique)
+            # fp32: in bf16 a row's samples can change with what shares its batch (two replicas batch
+            # differently from one process), and this test is about the plumbing, not the numerics
+            "-E", "dtype=fp32"]
     local = cai(cluster_env, *args, "--out", str(tmp_path / "local"))
     assert local.returncode == 0, local.stderr[-3000:]
     started = time.perf_counter()
@@ -109,7 +113,8 @@ def test_a_replica_killed_mid_run_loses_and_duplicates_nothing(cluster_env, tmp_
     prompts = _prompts(tmp_path, 4)
     out = tmp_path / "run"
     proc = subprocess.Popen([*CAI, "sl", "--prompts", str(prompts), "--out", str(out), "--rounds", "2",
-                             "--max-tokens", "24", "--keep-truncated", "--quiet", "--model", "ray:smollm2", *RAY],
+                             "--max-tokens", "24", "--keep-truncated", "--gates", "keep", "--quiet", "--model",
+                             "ray:smollm2", *RAY],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=cluster_env,
                             start_new_session=True)
     deadline = time.time() + 300
@@ -133,7 +138,8 @@ def test_a_killed_driver_resumes_without_redoing_a_finished_call(cluster_env, tm
     prompts = _prompts(tmp_path, 4)
     out = tmp_path / "run"
     args = ["sl", "--prompts", str(prompts), "--out", str(out), "--rounds", "1", "--max-tokens", "24",
-            "--keep-truncated", "--quiet", "--model", "ray:smollm2", *RAY]  # 3 calls a row, 12 in all
+            "--keep-truncated", "--gates", "keep", "--quiet", "--model", "ray:smollm2",
+            *RAY]  # 3 calls a row, 12 in all
     proc = subprocess.Popen([*CAI, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=cluster_env,
                             start_new_session=True)
     deadline = time.time() + 300

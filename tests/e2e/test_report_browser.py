@@ -20,6 +20,7 @@ import pytest
 
 from cai.report import ReportConfig, build_report
 from tests.unit.test_eval_models import build_models_run, build_sl_run
+from tests.unit.test_principle_report import build_ab_run, build_audit_run
 from tests.unit.test_report import HOSTILE_MODEL, build_judge_run, build_model_folder, build_rl_run
 
 pytestmark = pytest.mark.slow
@@ -68,6 +69,8 @@ def test_report_renders_in_chromium(chromium: str, tmp_path: Path) -> None:
     build_rl_run(tmp_path)
     build_judge_run(tmp_path)
     build_model_folder(tmp_path)
+    build_audit_run(tmp_path)
+    build_ab_run(tmp_path)
     report = tmp_path / "report.html"
     result = build_report(ReportConfig(paths=[str(tmp_path)], out=str(report)))
 
@@ -77,6 +80,16 @@ def test_report_renders_in_chromium(chromium: str, tmp_path: Path) -> None:
     assert "<script" not in dom.lower() and "&lt;script&gt;" in dom  # hostile text stayed text
     opened = len(re.findall(r"<details[ >]", dom))
     assert opened == dom.count("</details>") == sum(len(s.examples) for s in result.sections)
+    # the per-principle tables and the A/B section, as the browser built the page
+    assert dom.count("<caption>Per principle: ") == sum(
+        1 for s in result.sections for t in s.tables if t.caption.startswith("Per principle: ")) >= 4
+    assert re.search(r"<th>strength \[95% bootstrap\]</th>", dom) and "duplicates safe-again" in dom
+    ab = dom[dom.index("<h2>A/B test of two constitutions</h2>"):]
+    ab = ab[:ab.index("</section>")]
+    for text in ("McNemar (exact, two-sided)", "accuracy A vs human labels", "<caption>Per-principle deltas (B - A):",
+                 "<td>changed</td>", "flip h2", "&lt;b&gt;rules-b&lt;/b&gt;"):
+        assert text in ab, text
+    assert ab.count('<figure class="plot"><svg') == 1  # the accuracy of A and B with their intervals
 
     shot = tmp_path / "report.png"
     _, console = open_page(chromium, report, tmp_path / "profile", screenshot=shot)
@@ -87,3 +100,19 @@ def test_report_renders_in_chromium(chromium: str, tmp_path: Path) -> None:
         assert image.size == (WIDTH, HEIGHT)
         colours = image.convert("RGB").getcolors(maxcolors=1 << 20)
     assert colours is not None and len(colours) > 50  # not a blank page: text, tables and plots drew
+
+
+def test_stage_verdicts_and_the_elo_by_stage_figure_render_in_chromium(chromium: str, tmp_path: Path) -> None:
+    """What `cai recipe` ends with: the Elo of each stage (helpfulness against harmlessness, with
+    intervals), the refusal rates, the model-comparison table and one verdict per stage."""
+    from tests.unit.test_stage_verdicts import STAGES, judge_check
+
+    out, _ = build_models_run(tmp_path, models=STAGES, judge_agreement=str(judge_check(tmp_path, 0.52, [0.42, 0.62])))
+    report = tmp_path / "report.html"
+    result = build_report(ReportConfig(paths=[str(out)], out=str(report)))
+    dom, console = open_page(chromium, report, tmp_path / "profile")
+    assert console == [], f"the page logged to the console: {console}"
+    assert dom.count('<figure class="plot"><svg') == result.figures >= 2  # Elo by stage, refusal rates
+    assert "Elo of each model relative to the first" in dom and "Refusal rate per model" in dom
+    assert "Models compared" in dom and dom.count(" vs start: harmlessness ") == 2  # sft and dpo
+    assert "judge vs human labels" in dom and "not above chance" in dom

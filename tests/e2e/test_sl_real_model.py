@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,8 @@ def cai(*args: str, **kw) -> subprocess.CompletedProcess:
 def test_cai_sl_on_shared_hh_prompts(tmp_path, hh_file) -> None:
     out = tmp_path / "sl"
     proc = cai("sl", "--prompts", str(hh_file), "--out", str(out), "--limit", "2", "--rounds", "2",
-               "--max-tokens", "48", "--keep-truncated", "--quiet")  # 48 tokens cut most of the 135M model's revisions
+               "--max-tokens", "48", "--keep-truncated",  # 48 tokens cut most of the 135M model's revisions
+               "--gates", "keep", "--quiet")  # and most copy its critique (copies_critique): kept, flagged
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = read_jsonl(out / "sl.jsonl")
     failures = read_jsonl(out / "failures.jsonl")
@@ -44,6 +46,35 @@ def test_cai_sl_on_shared_hh_prompts(tmp_path, hh_file) -> None:
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["engines"]["smollm2"]["model_id"] == "smollm2"
     assert "sl" in proc.stderr and "wrote sft.jsonl" in proc.stderr  # the summary table
+
+
+def test_revision_gates_account_for_every_row_on_the_real_model(tmp_path) -> None:
+    from cai.generate.gates import GATE_CODES
+
+    samples = resources.files("cai") / "samples" / "sample_prompts.jsonl"
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(samples.read_text("utf-8").splitlines(keepends=True)[:3]), "utf-8")
+    out = tmp_path / "gates"
+    started = time.perf_counter()
+    proc = cai("sl", "--prompts", str(prompts), "--out", str(out), "--rounds", "1", "--max-tokens", "32",
+               "--keep-truncated", "--quiet")  # the gates, not the length, decide each row
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows, failures = read_jsonl(out / "sl.jsonl"), read_jsonl(out / "failures.jsonl")
+    summary = json.loads((out / "summary.json").read_text())
+    gates = summary["revision_gates"]
+    print(f"revision gates on 3 prompts, {time.perf_counter() - started:.1f} s: {json.dumps(gates)}")
+    assert gates["policy"] == "default" and gates["rows"] == 3 == len(rows) + len(failures)
+    assert (gates["rows_kept"], gates["rows_failed"]) == (len(rows), len(failures))
+    assert gates["rows_kept_clean"] + gates["rows_kept_flagged"] + gates["rows_failed"] == gates["rows"]
+    assert gates["rows_kept_flagged"] == sum(bool(r["quality_flags"]) for r in rows)
+    assert set(gates["flagged"]) == set(gates["failed"]) == set(GATE_CODES)
+    for code in GATE_CODES:
+        assert gates["flagged"][code] == sum(code in r["quality_flags"] for r in rows), code
+        assert gates["failed"][code] == sum(f["code"] == code for f in failures) == \
+            summary["failure_reasons"].get(f"round 1 revision: {code}", 0), code
+    for row in rows:
+        assert row["quality_flags"] == row["rounds"][0]["quality_flags"]
+        assert row["final"] == row["rounds"][0]["revision"] and row["final"].strip()
 
 
 def _calls(db: Path) -> int:

@@ -24,7 +24,8 @@ from tests.conftest import read_jsonl, write_jsonl
 
 COMMANDS = [(["sl"], SLConfig), (["rl"], RLConfig), (["eval", "judge"], JudgeEvalConfig),
             (["train", "sft"], SFTWrapperConfig), (["train", "reward"], RewardWrapperConfig),
-            (["train", "dpo"], DPOWrapperConfig), (["train", "ppo"], PolicyRLConfig), (["recipe"], RecipeConfig)]
+            (["train", "dpo"], DPOWrapperConfig), (["train", "ppo"], PolicyRLConfig),
+            (["train", "policy"], PolicyRLConfig), (["recipe"], RecipeConfig)]
 
 
 def _help_flags(argv: list[str]) -> set[str]:

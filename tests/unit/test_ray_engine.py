@@ -146,7 +146,8 @@ async def test_four_replicas_finish_a_fixed_workload_in_well_under_half_the_time
 def _sl_config(prompts, out, model: str, **extra):
     from cai.generate.sl import SLConfig
 
-    return SLConfig.of(prompts=str(prompts), out=str(out), model=model, rounds=1, max_tokens=64, **extra)
+    # gates "keep": the echo script's revisions repeat the request, which the default gates fail
+    return SLConfig.of(prompts=str(prompts), out=str(out), model=model, rounds=1, max_tokens=64, gates="keep", **extra)
 
 
 def test_cai_sl_through_ray_writes_what_a_local_run_writes_and_resumes(cluster, tmp_path) -> None:

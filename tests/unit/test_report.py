@@ -165,6 +165,13 @@ def test_rates_state_their_denominators(built) -> None:
     assert "preferences.jsonl: 1 malformed line(s) skipped" in rl.notes
     revisions = next(s for s in result.sections if s.source.kind == "eval revisions")
     assert "3 SL rows that finished; 0 rows" in dict(revisions.facts)["rows scored"]
+    sl = next(s for s in result.sections if s.source.kind == "sl")  # row s2's revisions change nothing
+    assert dict(sl.facts)["kept with a revision quality flag"] == "0.333 (1 of 3; 2 kept clean)"
+    (gates,) = [t for t in sl.tables if t.caption.startswith("Revision quality gates (--gates default)")]
+    assert "over the 3 rows finished (3 kept, 0 failed for any reason)" in gates.caption
+    assert gates.rows[:2] == [["copies_critique", "fail", "0.000 (0 of 3)", "0.000 (0 of 3)"],
+                              ["unchanged", "flag", "0.333 (1 of 3)", "0.000 (0 of 3)"]]
+    assert "revision · flagged unchanged" in html
 
 
 def test_sources_must_hold_something(tmp_path) -> None:

@@ -24,7 +24,7 @@ from cai.cli.app import app
 # each module registers its commands on `app`; this is the list of them, in --help's order
 from cai.cli import (  # noqa: F401
     sl_command, rl_command, export_command, eval_commands, report_command, train_commands, recipe_command,
-    constitution_command,
+    constitution_command, redteam_command,
 )
 
 #: click's usage errors (bad option, bad value); typer >= 0.24 ships its own copy of click

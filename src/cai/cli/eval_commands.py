@@ -1,8 +1,8 @@
-"""`cai eval judge|models|revisions`: thin wrappers over `cai.evaluate`.
+"""`cai eval judge|models|revisions|constitutions`: thin wrappers over `cai.evaluate`.
 
 Options come from the config dataclasses (`JudgeEvalConfig`, `ModelsEvalConfig`,
-`RevisionsEvalConfig`), each written once with its help; the positional argument of
-`eval revisions` (the SL run) is the only thing written here.
+`RevisionsEvalConfig`, `ConstitutionsEvalConfig`), each written once with its help; the
+positional argument of `eval revisions` (the SL run) is the only thing written here.
 """
 
 import json
@@ -14,6 +14,7 @@ from rich.table import Table
 
 from cai.cli.app import app
 from cai.cli.derive import ConfigFileOpt, QuietOpt, config_command, derived_option
+from cai.evaluate.constitutions import ConstitutionsEvalConfig
 from cai.evaluate.judge import JudgeEvalConfig
 from cai.evaluate.models import ModelsEvalConfig
 from cai.evaluate.revisions import RevisionsEvalConfig
@@ -36,6 +37,45 @@ def eval_judge(config: JudgeEvalConfig, quiet: bool) -> None:
     Console().print(table)
 
 
+@config_command(eval_app, "constitutions", ConstitutionsEvalConfig, arguments=("constitution_a", "constitution_b"))
+def eval_constitutions(config: ConstitutionsEvalConfig, quiet: bool) -> None:
+    """A/B test of two constitutions: the same pairs, judge and seeds under A and under B.
+
+    Reports their agreement, the pairs that flip (with examples), each one's accuracy
+    against the human labels with an exact McNemar test of the difference, and the
+    per-principle deltas. Writes comparisons.jsonl, report.json, failures.jsonl,
+    summary.json and manifest.json; `cai report` draws it. Compare with the shipped
+    one-principle baseline: `cai eval constitutions baseline mine.yaml --pairs ...`.
+    """
+    from cai.evaluate.constitutions import run_constitutions_eval
+
+    result = run_constitutions_eval(config, show_progress=not quiet)
+    report = json.loads((result.run.path / result.summary["report_file"]).read_text("utf-8"))
+    names = report["constitutions"]
+    table = Table(title=f"A: {names['a']['name']} ({names['a']['hash']})  vs  B: {names['b']['name']} "
+                        f"({names['b']['hash']})  on {report['pairs_asked']} pairs (all counts: report.json)",
+                  show_header=False)
+    agreement, flips = report["agreement"], report["flips"]
+    table.add_row("agreement", f"{agreement['rate']} {_ci(agreement['ci95'])} ({agreement['denominator']})")
+    table.add_row("flips", f"{flips['count']} ({flips['denominator']})")
+    for side in ("a", "b"):
+        if "accuracy" in report:
+            acc = report["accuracy"][side]
+            table.add_row(f"accuracy {side.upper()}", f"{acc['rate']} {_ci(acc['ci95'])} ({acc['denominator']})")
+    if "mcnemar" in report:
+        m = report["mcnemar"]
+        table.add_row("McNemar (exact)", f"p = {m['p_value']} (A right, B not: {m['a_right_b_not']}; B right, A not: "
+                                         f"{m['b_right_a_not']}; {m['denominator']})")
+    for pid, d in report["per_principle"]["deltas"].items():
+        if d["in"] == "both" and not d["changed"] and not any(d[k]["delta"] for k in ("agreement", "strength")):
+            continue
+        parts = [f"{k} {d[k]['a']} (of {d[k]['a_of']}) -> {d[k]['b']} (of {d[k]['b_of']})"
+                 for k in ("agreement", "strength") if d[k]["a"] is not None or d[k]["b"] is not None]
+        where = {"a": "only in A", "b": "only in B"}.get(d["in"], "changed" if d["changed"] else "same text")
+        table.add_row(f"principle {pid}", f"{where}: " + ("; ".join(parts) or "no labels"))
+    Console().print(table)
+
+
 @config_command(eval_app, "models", ModelsEvalConfig)
 def eval_models(config: ModelsEvalConfig, quiet: bool) -> None:
     """Compare two or more policies: harmlessness and helpfulness win rates, Elo, refusals.
@@ -47,6 +87,9 @@ def eval_models(config: ModelsEvalConfig, quiet: bool) -> None:
 
     result = run_models_eval(config, show_progress=not quiet)
     print_models_report(json.loads((result.run.path / result.summary["report_file"]).read_text("utf-8")), Console())
+    note = small_judge_note([config.judging.judge])
+    if note:
+        Console().print(f"[yellow]{note}[/]", highlight=False, soft_wrap=True)
 
 
 def print_models_report(report: dict[str, Any], console: Console) -> None:
@@ -71,6 +114,18 @@ def print_models_report(report: dict[str, Any], console: Console) -> None:
                 table.add_row(f"refusals {kind} ({how})", model, str(x["rate"]), _ci(x["ci95"]),
                               f"{x['count']} of {x['of']}{undecided}", "")
     console.print(table)
+
+
+def small_judge_note(judges: list[str]) -> str | None:
+    """A line to print beside win rates judged by an embedded demo model (135M / 270M parameters)."""
+    from cai.engines.models import EMBEDDED_MODELS
+
+    small = [j for j in judges if j in EMBEDDED_MODELS]
+    if not small:
+        return None
+    return (f"note: judged by {', '.join(small)}, an embedded model of a few hundred million parameters whose labels "
+            "sit near chance on human preferences: these figures show the machinery, not the quality. Use a "
+            "stronger --judge to measure quality.")
 
 
 def _ci(ci: list[float] | None) -> str:
@@ -125,3 +180,6 @@ def eval_revisions(
     for r in report.get("reward_curve") or []:
         table.add_row("reward", str(r["round"]), f"mean {r['mean_reward']} ± {r['stderr']}", "", f"{r['n']} answers")
     Console().print(table)
+    note = small_judge_note([config.scoring.judge])
+    if note:
+        Console().print(f"[yellow]{note}[/]", highlight=False, soft_wrap=True)

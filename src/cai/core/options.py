@@ -21,6 +21,7 @@ Not here: turning fields into Typer parameters (`cai.cli.derive`).
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import typing
 from collections.abc import Callable, Iterator, Mapping
@@ -240,6 +241,18 @@ def string_list(value: Any) -> list[str]:
     if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
         return list(value)
     raise ValueError(f"expected a list of names, got {value!r}")
+
+
+def escaped_list(value: Any) -> list[str]:
+    """['\\n\\n', ...] from the CLI (backslash escapes read) or a YAML list (taken as written) -> [str]."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"expected a list of texts, got {value!r}")
+    out = [codecs.decode(v, "unicode_escape") if "\\" in v else v for v in value]
+    if any(not v for v in out):
+        raise ValueError("an empty stop text would stop every reply at once")
+    return out
 
 
 def in_unit_interval(name: str, value: float) -> None:

@@ -10,6 +10,10 @@ Per prompt (Bai et al. 2022, section 3):
    its reason code and the partial trace; it never becomes training data. A final
    revision cut off at `max_tokens` (finish reason `length`) fails with code `truncated`
    unless `keep_truncated` is set, which keeps it flagged `truncated: true` in sl.jsonl.
+4. the revision quality gates (`cai.generate.gates`: `copies_critique`, `unchanged`,
+   `refusal_only`, `conversation_runon`) then fail the row or flag the round, as `--gates`
+   says: flags go in `quality_flags` on the round and on the row, and the summary's
+   `revision_gates` counts rows kept clean, kept flagged and failed, by gate.
 
 `build_*` functions only build messages and `SLChain` only orchestrates, so prompt
 building is testable without a model. Outputs: `sl.jsonl` (full trace), `sft.jsonl`
@@ -22,9 +26,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cai.core.errors import ConfigError
-from cai.core.options import Options, at_least, option
+from cai.core.options import Options, at_least, escaped_list, option
 from cai.core.types import Completion, Message, Request, SamplingParams, assistant, derive_seed, user
 from cai.engines.base import Engine
+from cai.generate.gates import POLICIES, Review, attempt_summary, gate_summary, review_revision
 from cai.inputs.constitution import Constitution, ConstitutionOptions, Principle
 from cai.inputs.few_shot import FEW_SHOT_KEYS, FewShot, load_few_shot  # noqa: F401  (moved there; kept importable here)
 from cai.inputs.prompts import InputOptions, PromptRow
@@ -58,12 +63,27 @@ class RevisionOptions(Options):
     temperature: float = option(0.7, help="Sampling temperature.")
     top_p: float = option(1.0, help="Nucleus sampling: keep the smallest set of tokens whose probability "
                                     "reaches this.")
+    stop: list[str] = option(default_factory=list, parse=escaped_list, cli_type=list[str], metavar="TEXT",
+                             help="Stop each answer, critique and revision at this text (repeatable; backslash "
+                                  "escapes such as '\\n\\n' are read, so --stop '\\n\\n' keeps the first "
+                                  "paragraph). A reply that ends at a stop text is finished, not truncated.")
     keep_truncated: bool = option(False, help="Keep a final revision cut off at --max-tokens (flagged "
                                               "truncated: true) instead of recording it as a failure with code "
                                               "'truncated'.")
+    revision_attempts: int = option(
+        1, help="Sample each revision up to this many times (each attempt with its own seed) until one passes the "
+                "defect checks and the quality gates. Every rejected attempt stays in the round's trace "
+                "(rejected_attempts) and is counted in the summary (revision_attempts). 1: no resampling. A "
+                "truncated final revision is never resampled: it fails as 'truncated'.")
+    gates: str = option("default", choices=tuple(POLICIES),
+                        help="Revision quality gates. 'default': a revision that copies the critique fails its row "
+                             "(copies_critique); unchanged, refusal_only and conversation_runon (cut at the new "
+                             "turn) revisions are kept, listed in quality_flags. 'keep': no gate fails a row, every "
+                             "gate only flags. 'strict': every gate fails its row.")
 
     def check(self) -> None:
         at_least("--rounds", self.rounds, 1)
+        at_least("--revision-attempts", self.revision_attempts, 1)
         at_least("--max-tokens", self.max_tokens, 1)
         if not 0 < self.top_p <= 1:
             raise ConfigError(f"--top-p must be in (0, 1]; got {self.top_p!r}")
@@ -83,10 +103,28 @@ class SLChain:
     def _params(self, row: PromptRow, step: str) -> SamplingParams:
         s = self.settings
         return SamplingParams(max_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p,
-                              seed=derive_seed(self.seed, row.id, step))
+                              seed=derive_seed(self.seed, row.id, step), stop=tuple(s.stop))
 
     async def _ask(self, messages: list[Message], params: SamplingParams) -> Completion:
         return (await self.engine.generate([Request.of(messages, params)]))[0][0]
+
+    async def _revise(self, row: PromptRow, number: int, conversation: list[Message], principle: Principle,
+                      critique: Completion) -> tuple[Completion, Review, list[dict[str, Any]]]:
+        """The round's revision and its review; with --revision-attempts N, resampled (seeded per attempt)
+        while it fails, every rejected attempt returned with its code."""
+        messages = build_revision_messages(self.few_shot, conversation, principle, critique.text)
+        attempts = self.settings.revision_attempts if self.settings.temperature > 0 else 1
+        rejected: list[dict[str, Any]] = []
+        for attempt in range(1, attempts + 1):
+            step = f"revision-{number}" if attempt == 1 else f"revision-{number}-attempt-{attempt}"
+            revision = await self._ask(messages, self._params(row, step))
+            review = review_revision(cleanup_revision(revision.text), reply=conversation[-1]["content"],
+                                     critique=critique.text, principle=principle, policy=self.settings.gates)
+            if review.failure is None or attempt == attempts:
+                return revision, review, rejected
+            rejected.append({"attempt": attempt, "code": review.failure.code, "reason": review.failure.message,
+                             "revision_raw": revision.text, "usage": _usage(revision)})
+        raise AssertionError("unreachable: the last attempt returns")
 
     async def __call__(self, row: PromptRow) -> dict[str, Any]:
         trace: dict[str, Any] = {"id": row.id, "source": row.source, "messages": row.messages, "rounds": []}
@@ -101,22 +139,22 @@ class SLChain:
         for number, principle in enumerate(principles, 1):
             critique = await self._ask(build_critique_messages(self.few_shot, conversation, principle),
                                        self._params(row, f"critique-{number}"))
-            revision = await self._ask(build_revision_messages(self.few_shot, conversation, principle, critique.text),
-                                       self._params(row, f"revision-{number}"))
-            completions += [critique, revision]
-            cleaned = cleanup_revision(revision.text)
+            completions.append(critique)
+            revision, review, rejected = await self._revise(row, number, conversation, principle, critique)
+            completions.append(revision)
             trace["rounds"].append({
                 "round": number, "principle_id": principle.id,
                 "critique_request": principle.critique, "critique": critique.text,
                 "critique_finish": critique.finish_reason,
-                "revision_request": principle.revision, "revision_raw": revision.text, "revision": cleaned,
+                "revision_request": principle.revision, "revision_raw": revision.text, "revision": review.text,
                 "revision_finish": revision.finish_reason, "usage": _usage(critique, revision),
+                "quality_flags": review.flag_codes, "rejected_attempts": rejected,
             })
-            defect = find_defect(cleaned, forbidden_copies=(principle.revision, principle.critique))
-            if defect:
-                raise ChainFailure(f"round {number} revision", defect.message, trace, code=defect.code)
+            if review.failure:
+                raise ChainFailure(f"round {number} revision", review.failure.message, trace,
+                                   code=review.failure.code)
             conversation = conversation + [user(principle.critique), assistant(critique.text),
-                                           user(principle.revision), assistant(cleaned)]
+                                           user(principle.revision), assistant(review.text)]
         if revision.finish_reason == "length":  # the SFT target would end mid-sentence
             if not self.settings.keep_truncated:
                 raise ChainFailure(f"round {len(principles)} revision",
@@ -125,6 +163,7 @@ class SLChain:
             trace["truncated"] = True
         trace["final"] = conversation[-1]["content"]
         trace["principle_ids"] = [p.id for p in principles]
+        trace["quality_flags"] = list(dict.fromkeys(c for r in trace["rounds"] for c in r["quality_flags"]))
         trace["usage"] = _usage(*completions)
         return trace
 
@@ -164,5 +203,8 @@ def run_sl(config: SLConfig, *, show_progress: bool = True, console: Any = None)
         make_chain=make_chain, write_outputs=write_outputs,
         manifest_parts={"constitution": config.constitution.manifest(constitution),
                         "few_shot": {"source": few_shot.source, "examples": len(few_shot.examples)}},
+        extra_summary=lambda run, summary: {
+            "revision_gates": gate_summary(run.store.entries(STAGE), config.revision.gates),
+            "revision_attempts": attempt_summary(run.store.entries(STAGE), config.revision.revision_attempts)},
         show_progress=show_progress, console=console,
     )

@@ -7,8 +7,9 @@ beside it.
 
 - `overview`: one row per source: rows read, finished, failed by reason, engine calls
   made and from cache, generated tokens and tokens/s.
-- `sl_section`: row outcomes and example traces (prompt -> answer -> critique ->
-  revision, with each round's principle id).
+- `sl_section`: row outcomes, the revision quality gates (rows flagged and failed by
+  each gate), and example traces (prompt -> answer -> critique -> revision, with each
+  round's principle id and quality flags).
 - `rl_section`: the p_chosen histogram and margin distribution of kept pairs, label
   outcomes, position-bias rate, example candidate pairs with their labels.
 - `judge_section`: accuracy against human labels and a calibration (reliability) diagram.
@@ -137,17 +138,41 @@ def sl_section(source: Source, examples: int) -> Section:
     truncated = sum(1 for r in rows if r.get("truncated"))
     section.facts.append(("final revisions kept", share(len(rows), len(rows) + failed, f"{failed} rows failed")))
     section.facts.append(("kept although cut off at --max-tokens", share(truncated, len(rows))))
+    gates = _gate_table(source.summary.get("revision_gates"))
+    if gates:
+        fact, table = gates
+        section.facts.append(fact)
+        section.tables.append(table)
     for r in rows[:examples]:
         parts = [("prompt", prompt_text(r.get("messages", []))),
                  ("initial answer", r.get("initial", {}).get("text", ""))]
         for rnd in r.get("rounds", []):
             pid = rnd.get("principle_id", "?")
+            flags = rnd.get("quality_flags") or []
             parts += [(f"round {rnd.get('round')} · principle {pid} · critique request",
                        rnd.get("critique_request", "")),
                       ("critique", rnd.get("critique", "")), ("revision request", rnd.get("revision_request", "")),
-                      ("revision", rnd.get("revision", ""))]
+                      ("revision" + (f" · flagged {', '.join(map(str, flags))}" if flags else ""),
+                       rnd.get("revision", ""))]
         section.examples.append(Example(f"{r.get('id')} ({r.get('source', '')})", parts))
     return finish_section(section)
+
+
+def _gate_table(gates: Any) -> tuple[tuple[str, str], Table] | None:
+    """The revision quality gates of an sl summary: a fact and a table, each rate over every row finished."""
+    if not isinstance(gates, dict) or not gates.get("rows"):
+        return None
+    rows, kept = gates["rows"], gates.get("rows_kept", 0)
+    fact = ("kept with a revision quality flag", share(gates.get("rows_kept_flagged", 0), kept,
+                                                        f"{gates.get('rows_kept_clean', 0)} kept clean"))
+    actions, flagged, failed = gates.get("actions", {}), gates.get("flagged", {}), gates.get("failed", {})
+    table = Table(f"Revision quality gates (--gates {gates.get('policy', '?')}): rows kept with each flag and rows "
+                  f"failed by each gate, each over the {rows} rows finished ({kept} kept, "
+                  f"{gates.get('rows_failed', 0)} failed for any reason); a kept row may carry several flags.",
+                  ["gate", "action", "rows kept, flagged", "rows failed"],
+                  [[code, actions.get(code, "?"), share(flagged.get(code, 0), rows), share(failed.get(code, 0), rows)]
+                   for code in dict.fromkeys([*flagged, *failed])])
+    return fact, table
 
 
 def rl_section(source: Source, examples: int) -> Section:

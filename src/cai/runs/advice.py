@@ -39,6 +39,13 @@ RULES: tuple[Rule, ...] = (
                                   "sampling temperature"),
     Rule(("engine_error",), "failed in the engine after its retries: check the model spec, the server and "
                             "{opt:engine_options}; re-running retries only these rows"),
+    Rule(("copies_critique", "copies_request"), "had a revision that copies its critique or request instead of "
+                                                "rewriting the reply: resample with --revision-attempts (now "
+                                                "{opt:revision_attempts}), use a stronger --model, or keep them "
+                                                "flagged with --gates keep"),
+    Rule(("repetitive", "empty", "no_words"), "gave empty or repetitive text: resample revisions with "
+                                              "--revision-attempts, or lower {opt:max_tokens} (long replies from "
+                                              "small models loop)"),
     Rule(("below_min_margin",), "fell below {opt:min_margin} (near coin flips): use a stronger judge or "
                                 "--principles-per-label, or lower --min-margin to keep them as soft labels",
          counts="labels"),

@@ -38,6 +38,7 @@ from cai.runs.advice import advice
 from cai.runs.rows import Chain, FailureBudget, RunCounts, run_rows
 from cai.runs.run_dir import RunDir
 from cai.runs.store import CachedEngine
+from cai.stats.principles import display_rows
 
 
 def key_value_pairs(value: Any) -> dict[str, Any]:
@@ -226,10 +227,27 @@ def budget_message(counts: RunCounts, budget: FailureBudget, run: RunDir) -> str
             "skipped), or raise --max-failure-rate (1 never stops).")
 
 
+#: summary keys holding a per-principle table (`cai.stats.principles`), printed as tables of their own
+TABLES = {"per_principle": "per principle", "principles_alone": "each principle alone",
+          "coverage_per_principle": "prompts per principle"}
+
+
+def print_principle_table(console: Console, data: dict[str, Any], what: str) -> None:
+    headers, rows = display_rows(data)
+    if not rows:
+        return
+    table = Table(title=f"{what} ({data.get('denominator', '')})", title_justify="left")
+    for header in headers:
+        table.add_column(header, overflow="fold")
+    for row in rows:
+        table.add_row(*[escape(cell) for cell in row])
+    console.print(table)
+
+
 def print_summary(console: Console, summary: dict[str, Any], run: RunDir) -> None:
     table = Table(title=f"{summary['command']} → {run.path}", show_header=False)
     for key, value in summary.items():
-        if key in ("command", "failure_reasons", "files", "engine_stats", "stopped_early", "advice"):
+        if key in ("command", "failure_reasons", "files", "engine_stats", "stopped_early", "advice", *TABLES):
             continue
         if isinstance(value, dict):
             if value:
@@ -241,5 +259,8 @@ def print_summary(console: Console, summary: dict[str, Any], run: RunDir) -> Non
     for reason, count in sorted(summary["failure_reasons"].items(), key=lambda kv: -kv[1])[:10]:
         table.add_row(f"[red]failed: {reason}", str(count))
     console.print(table)
+    for key, what in TABLES.items():
+        if summary.get(key):
+            print_principle_table(console, summary[key], what)
     for line in summary.get("advice", []):
         console.print(f"[yellow]what to change:[/] {escape(line)}", highlight=False, soft_wrap=True)

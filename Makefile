@@ -71,7 +71,9 @@ demo: setup-demo
 test: setup
 	# the layers of src/cai (pyproject.toml's import contracts): no import climbs a layer, no cycle
 	$(VENV)/bin/lint-imports --no-cache
-	$(PY) -m pytest -q -ra
+	# two workers, a test file each at a time (a file's module fixtures, servers and clusters stay in one
+	# process): much of the suite waits on subprocesses, servers and Ray, so two overlap on 2 cores
+	$(PY) -m pytest -q -ra -n 2 --dist loadfile
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"

@@ -43,3 +43,27 @@ def hh_file() -> Path:
 def _cache_dir(monkeypatch: pytest.MonkeyPatch) -> None:
     # keep converted models in one place shared by tests, CI runs and users' default
     os.environ.setdefault("CAI_CACHE_DIR", str(Path.home() / ".cache" / "cai"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer, 64-wide model with the embedded model's tokenizer and architecture, random weights.
+
+    For tests of what the trainers do with the data (soft labels change the gradient, the same labels
+    give the same model), where the embedded model's 135M parameters only cost time. Every trainer
+    still has its end-to-end test on the real embedded model (tests/e2e/test_training.py).
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from cai.engines.models import resolve_model_path
+
+    source = resolve_model_path("smollm2")
+    config = AutoConfig.from_pretrained(source)
+    config.update({"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
+                   "num_key_value_heads": 2, "head_dim": 16})
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("tiny-model")
+    AutoModelForCausalLM.from_config(config).save_pretrained(out)
+    AutoTokenizer.from_pretrained(source).save_pretrained(out)
+    return out

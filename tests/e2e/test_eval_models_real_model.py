@@ -73,7 +73,7 @@ def sl_run(work: Path) -> Path:
     prompts = write_jsonl(work / "sl.jsonl", [{"id": "a", "prompt": RED_TEAM[0]}, {"id": "b", "prompt": RED_TEAM[2]}])
     out = work / "sl"
     proc = cai("sl", "--prompts", str(prompts), "--out", str(out), "--rounds", "2", "--max-tokens", "32",
-               "--keep-truncated", "--quiet")
+               "--keep-truncated", "--gates", "keep", "--quiet")  # both rows kept: this file tests the evaluation
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
 

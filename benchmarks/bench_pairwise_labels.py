@@ -14,12 +14,25 @@ same weights and dtype, each loaded once before any timing:
   after:      the decode loop as shipped: the same, and the second order (and any later
               label) reuses what its prompt shares with prompts already computed
 
+Peers, optional, on the same pairs in the same run (start-up reported apart):
+
+  --vllm          the vllm: engine, vLLM in-process, prompt log-probs (run this script with
+                  .venv-vllm/bin/python; `make test-vllm` builds it)
+  --vllm-server   openai: against vLLM's OpenAI server on 127.0.0.1 (token-id prompts, prompt
+                  log-probs)
+  --llama-server  openai: against llama_cpp.server on the embedded GGUF (Q4_1 weights: its
+                  labels differ from the others' by more than rounding)
+
+transformers' own continuous batching (generate_batch) has no row: it returns no prompt
+log-probs, so it cannot score a label.
+
 Every repeat runs each engine once, in rotating order, each starting with an empty prefix
 cache; the table gives medians. It also checks that every engine gave the same labels
 (the largest |p difference| from the plain path) and counts prompt tokens computed per
 label (the plain path's from its rows, the loop's from its own counters).
 
 Usage: python benchmarks/bench_pairwise_labels.py [--pairs 24] [--max-prompt-tokens 400] [--repeats 3]
+       [--vllm] [--vllm-server] [--llama-server]
 """
 
 from __future__ import annotations
@@ -62,8 +75,9 @@ def load_pairs(n: int, max_tokens: int, engine) -> list[tuple[list, str, str]]:
     return pairs
 
 
-def label_all(engine, pairs) -> tuple[list[float], float, int]:
-    """p(chosen) for every pair, the wall time, and prompt tokens the engine computed."""
+def label_all(engine, pairs) -> tuple[list[float], float, int | None]:
+    """p(chosen) for every pair, the wall time, and prompt tokens the engine computed (None
+    where the engine does not count them: the peers)."""
     from cai.inputs.constitution import load_constitution
     from cai.label.pairwise import PairwiseLabeler
 
@@ -74,16 +88,22 @@ def label_all(engine, pairs) -> tuple[list[float], float, int]:
     rows_before = getattr(engine, "score_row_tokens", 0)
 
     async def run():
-        return await asyncio.gather(*[labeler.compare(conv, x, y, key=(f"pair{i}",))
-                                      for i, (conv, x, y) in enumerate(pairs)])
+        try:
+            return await asyncio.gather(*[labeler.compare(conv, x, y, key=(f"pair{i}",))
+                                          for i, (conv, x, y) in enumerate(pairs)])
+        finally:
+            if engine.model_id.startswith("openai:"):  # its HTTP client belongs to this event loop
+                await engine.aclose()
 
     start = time.perf_counter()
     labels = asyncio.run(run())
     elapsed = time.perf_counter() - start
-    if engine.loop is not None:
+    if getattr(engine, "loop", None) is not None:
         computed = engine.stats["prefill_tokens"] - computed_before
-    else:
+    elif hasattr(engine, "score_row_tokens"):
         computed = engine.score_row_tokens - rows_before
+    else:
+        computed = None
     return [lab.p_x for lab in labels], elapsed, computed
 
 
@@ -106,6 +126,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--vllm", action="store_true", help="add the vllm: engine (vLLM in-process)")
+    ap.add_argument("--vllm-server", action="store_true", help="add openai: against vLLM's server on 127.0.0.1")
+    ap.add_argument("--llama-server", action="store_true", help="add openai: against llama_cpp.server")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -117,6 +140,40 @@ def main() -> None:
         "after, no cache: one prefill per order": load_engine("smollm2", {"dtype": args.dtype, "prefix_cache_mb": 0}),
         "after: one prefill per order + prefix cache": load_engine("smollm2", {"dtype": args.dtype}),
     }
+    dtype = engines["after: one prefill per order + prefix cache"].dtype
+    peer_dtype = "bf16" if dtype == torch.bfloat16 else "fp32"
+    startup: dict[str, float] = {}
+    servers = []
+    if args.vllm:
+        started = time.perf_counter()
+        engines["peer: vllm: in-process"] = load_engine("vllm:smollm2", {"dtype": peer_dtype, "kv_cache_gib": 2})
+        startup["vllm: (import + LLM())"] = time.perf_counter() - started
+    if args.vllm_server:
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        from bench_sl_throughput import start_vllm_server
+
+        started = time.perf_counter()
+        proc, url = start_vllm_server({"bf16": "bfloat16", "fp32": "float32"}[peer_dtype])
+        servers.append(proc.terminate)
+        startup["vLLM server"] = time.perf_counter() - started
+        engines["peer: openai: -> vLLM server"] = load_engine(f"openai:smollm2@{url}", {})
+    if args.llama_server:
+        sys.path.insert(0, str(ROOT))
+        from tests.servers import LlamaServer
+
+        started = time.perf_counter()
+        server = LlamaServer().start()
+        servers.append(server.kill)
+        startup["llama.cpp server"] = time.perf_counter() - started
+        engines["peer: openai: -> llama.cpp server (Q4_1)"] = load_engine(f"openai:smollm2@{server.base_url}", {})
+    try:
+        table(args, engines, startup)
+    finally:
+        for stop in servers:
+            stop()
+
+
+def table(args, engines: dict, startup: dict[str, float]) -> None:
     names = list(engines)
     count_plain_rows(engines[names[0]])
     pairs = load_pairs(args.pairs, args.max_prompt_tokens, engines[names[0]])
@@ -131,7 +188,7 @@ def main() -> None:
             p, s, c = results[name][-1]
             print(f"  repeat {r + 1}: {name}: {len(pairs)} labels in {s:.1f}s", file=sys.stderr, flush=True)
     reference = results[names[0]][0][0]
-    dtype = engines[names[-1]].dtype
+    dtype = engines[names[2]].dtype
     print(f"\nPairwise labels: {len(pairs)} hh-rlhf pairs (judge prompt <= {args.max_prompt_tokens} tokens), both "
           f"orders, SmolLM2-135M ({dtype}) as judge, all labels in flight at once, torch threads="
           f"{torch.get_num_threads()}, {os.cpu_count()} CPUs, {args.repeats} repeats interleaved, medians; "
@@ -144,7 +201,14 @@ def main() -> None:
         worst = max(abs(a - b) for p, _, _ in results[name] for a, b in zip(p, reference))
         print(f"| {name} | {len(pairs)} | {statistics.median(s for _, s, _ in results[name]):.1f} | "
               f"{statistics.median(rates):.2f} | {statistics.median(a / b for a, b in zip(rates, base)):.2f}x | "
-              f"{statistics.median(c for _, _, c in results[name]) / len(pairs):.0f} | {worst:.1e} |")
+              f"{tokens_per_label(results[name], len(pairs))} | {worst:.1e} |")
+    if startup:
+        print("\nstart-up, not in any row (s): " + ", ".join(f"{k} {v:.1f}" for k, v in startup.items()))
+
+
+def tokens_per_label(results: list[tuple[list[float], float, int | None]], labels: int) -> str:
+    counts = [c for _, _, c in results if c is not None]
+    return f"{statistics.median(counts) / labels:.0f}" if counts else "n/a"
 
 
 if __name__ == "__main__":

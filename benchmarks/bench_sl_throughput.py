@@ -19,6 +19,14 @@ including EOS, never padding) and divide by wall time.
       at once (no chain dependencies, same token budget, prefix cache cleared first)
   (e) optional: run_sl through the openai: engine against a local llama.cpp server
       (--openai URL, or --llama-server to start llama_cpp.server on the embedded GGUF)
+  (f) optional (--vllm): run_sl on the vllm: engine, vLLM in-process (needs vLLM: run
+      this script with .venv-vllm/bin/python, `make test-vllm` builds it)
+  (g) optional (--vllm-server): run_sl through the openai: engine against `vllm serve`
+      on 127.0.0.1 (same dtype as the transformers engine)
+  (h) optional (--hf-cb): transformers' own continuous batching (model.generate_batch,
+      paged attention) on exactly the requests (c) made, all at once (compare with (d)), with a
+      fixed paged cache (`paged_cache_cap`)
+  Start-up (building each engine, starting each server) is reported apart, never timed in a row.
 
 Every repeat runs each method once, in rotating order, so machine load falls on all of
 them alike; the table gives medians over repeats (ratios are medians of each repeat's
@@ -149,6 +157,53 @@ def run_ceiling(engine, requests: list) -> tuple[int, float]:
     return sum(c[0].completion_tokens for c in out), time.perf_counter() - start
 
 
+def paged_cache_cap():
+    """A fixed paged cache for generate_batch (128 pages of 256 tokens, 2,048 tokens a step): left
+    to itself it sizes the cache from free memory, and its process grew to 14.8 GB on the 24 GiB
+    machine and was OOM-killed (issue 23)."""
+    from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+    return ContinuousBatchingConfig(num_blocks=128, max_batch_tokens=2048)
+
+
+def run_hf_cb(engine, requests: list) -> tuple[int, float]:
+    """(c)'s requests through transformers' generate_batch (one sampling config: T and max tokens of the first)."""
+    from transformers import GenerationConfig
+
+    ids = [engine.encode_prompt(r.messages) for r in requests]
+    p = requests[0].params
+    config = GenerationConfig(max_new_tokens=p.max_tokens, do_sample=p.temperature > 0, temperature=p.temperature,
+                              top_k=0, eos_token_id=sorted(engine.eos_ids), pad_token_id=engine.tokenizer.pad_token_id)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        out = engine.model.generate_batch(inputs=ids, generation_config=config, progress_bar=False,
+                                         continuous_batching_config=paged_cache_cap())
+    seconds = time.perf_counter() - start
+    return sum(count_new(list(o.generated_tokens), engine.eos_ids) for o in out.values()), seconds
+
+
+def start_vllm_server(dtype: str) -> tuple[object, str]:
+    """`vllm serve` on the embedded model at 127.0.0.1 (CPU settings as tests/vllm uses them)."""
+    import subprocess
+
+    sys.path.insert(0, str(ROOT))
+    from cai.engines.models import resolve_model_path
+    from cai.engines.vllm_engine import cpu_list
+    from tests.servers import free_port, wait_ready
+
+    port = free_port()
+    env = {"VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_CPU_OMP_THREADS_BIND": cpu_list(sorted(os.sched_getaffinity(0))),
+           **os.environ}
+    proc = subprocess.Popen([sys.executable, "-m", "vllm.entrypoints.launchers.api_server.entry", "--model",
+                             resolve_model_path("smollm2"),
+                             "--served-model-name", "smollm2", "--host", "127.0.0.1", "--port", str(port),
+                             "--dtype", dtype, "--enforce-eager", "--max-model-len", "4096",
+                             "--no-enable-chunked-prefill"],  # README, vLLM: seeded requests crash it on CPU
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_ready(f"http://127.0.0.1:{port}/v1/models", timeout=900, proc=proc)
+    return proc, f"http://127.0.0.1:{port}/v1"
+
+
 def register_loaded() -> None:
     from cai.engines.base import register_engine
     from cai.engines.transformers_engine import TransformersEngine
@@ -202,6 +257,9 @@ def main() -> None:
     ap.add_argument("--openai", default=None, help="base URL of a local OpenAI-compatible server for row (e)")
     ap.add_argument("--llama-server", action="store_true", help="start llama_cpp.server on the embedded GGUF for (e)")
     ap.add_argument("--json", default=None, help="also write every repeat's results here")
+    ap.add_argument("--vllm", action="store_true", help="row (f): the vllm: engine in-process")
+    ap.add_argument("--vllm-server", action="store_true", help="row (g): openai: against `vllm serve` on 127.0.0.1")
+    ap.add_argument("--hf-cb", action="store_true", help="row (h): transformers' generate_batch on (c)'s requests")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -220,8 +278,18 @@ def main() -> None:
         return constitution.sample_sl(args.rounds, 0, ids[i])
 
     options = {"max_batch_size": args.batch, "dtype": args.dtype}
+    startup: dict[str, float] = {}
+    started = time.perf_counter()
     LOADED["plain"] = load_engine("smollm2", {**options, "continuous": False})
+    startup["transformers engine (plain)"] = time.perf_counter() - started
+    started = time.perf_counter()
     LOADED["loop"] = load_engine("smollm2", options)
+    startup["transformers engine (loop)"] = time.perf_counter() - started
+    vdtype = "bf16" if LOADED["loop"].dtype == torch.bfloat16 else "fp32"
+    if args.vllm:
+        started = time.perf_counter()
+        LOADED["vllm"] = load_engine("vllm:smollm2", {"dtype": vdtype, "kv_cache_gib": 2})
+        startup["vllm: in-process (import + LLM())"] = time.perf_counter() - started
     register_loaded()
     plain, loop = LOADED["plain"], LOADED["loop"]
     with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as fh:
@@ -233,8 +301,15 @@ def main() -> None:
         sys.path.insert(0, str(ROOT))
         from tests.servers import LlamaServer
 
+        started = time.perf_counter()
         server = LlamaServer().start()
+        startup["llama.cpp server"] = time.perf_counter() - started
         args.openai = server.base_url
+    vllm_server = None
+    if args.vllm_server:
+        started = time.perf_counter()
+        vllm_server, vllm_url = start_vllm_server({"bf16": "bfloat16", "fp32": "float32"}[vdtype])
+        startup["vllm serve (until /v1/models answers)"] = time.perf_counter() - started
 
     # warm-up so no method pays first-call costs
     batched_generate(plain, [[{"role": "user", "content": "hi"}]] * 2, 8)
@@ -265,6 +340,14 @@ def main() -> None:
     if args.openai:
         methods["e"] = ("(e) cai pipeline, openai: engine (llama.cpp server)", lambda: run_cai(
             f"openai:smollm2@{args.openai}", prompts_file, args.rounds, args.max_tokens))
+    if args.vllm:
+        methods["f"] = ("(f) cai pipeline, vllm: engine (vLLM in-process)", lambda: run_cai(
+            "loaded:vllm", prompts_file, args.rounds, args.max_tokens))
+    if args.vllm_server:
+        methods["g"] = ("(g) cai pipeline, openai: engine (vLLM server)", lambda: run_cai(
+            f"openai:smollm2@{vllm_url}", prompts_file, args.rounds, args.max_tokens))
+    if args.hf_cb:
+        methods["h"] = ("(h) transformers generate_batch: (c)'s requests at once", lambda: run_hf_cb(plain, list(made)))
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     once = {s.strip() for s in args.once.split(",") if s.strip()}
     order = [k for k in methods if k not in skip]
@@ -273,9 +356,10 @@ def main() -> None:
     try:
         for r in range(args.repeats):
             turn = [k for k in order[r % len(order):] + order[: r % len(order)] if r == 0 or k not in once]
-            if "d" in turn and "c" in turn:  # (d) replays this repeat's (c)
-                turn.remove("d")
-                turn.insert(turn.index("c") + 1, "d")
+            for replay in ("h", "d"):  # (d) and (h) replay this repeat's (c)
+                if replay in turn and "c" in turn:
+                    turn.remove(replay)
+                    turn.insert(turn.index("c") + 1, replay)
             for key in turn:
                 n, s = methods[key][1]()
                 runs[key].append((n, s))
@@ -284,6 +368,8 @@ def main() -> None:
     finally:
         if server:
             server.kill()
+        if vllm_server is not None:
+            vllm_server.terminate()
         prompts_file.unlink()
 
     rates = {k: [n / s for n, s in v] for k, v in runs.items()}
@@ -299,6 +385,7 @@ def main() -> None:
         s = statistics.median(y for _, y in runs[key])
         cells = [f"{statistics.median(a / b for a, b in zip(rates[key], rates[ref])):.2f}x" for ref in refs]
         print(f"| {methods[key][0]} | {n:.0f} | {s:.1f} | {statistics.median(rates[key]):.1f} | " + " | ".join(cells) + " |")
+    print("\nstart-up, not in any row (s): " + ", ".join(f"{k} {v:.1f}" for k, v in startup.items()))
     if counters:
         c = {k: statistics.median(x[k] for x in counters) for k in counters[0]}
         print(f"\n(c), per run (medians): {c['steps']:.0f} steps, {c['prefill_tokens']:.0f} prompt tokens computed and "

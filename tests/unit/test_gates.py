@@ -379,3 +379,19 @@ def test_one_revision_attempt_is_the_default_and_fails_the_row(tmp_path, prompts
                                 rounds=1, max_failure_rate=1.0), show_progress=False)
     assert result.summary["failure_reasons"] == {"round 1 revision: copies_critique": 3}
     assert result.summary["revision_attempts"]["samples"] == 3 and result.summary["revision_attempts"]["rejected"] == {}
+
+
+def test_the_console_summary_shows_the_gate_counts_a_line_each_and_only_the_non_zero_ones(
+        tmp_path, gate_run_inputs) -> None:
+    from rich.console import Console
+
+    from cai.runs.job import print_summary
+
+    result = _run(gate_run_inputs, tmp_path / "out")
+    console = Console(record=True, width=240)
+    print_summary(console, result.summary, result.run)
+    cells = [line.split("│")[2].strip() for line in console.export_text().splitlines() if line.count("│") == 3]
+    assert "failed: copies_critique 1" in cells
+    assert "flagged: unchanged 1, refusal_only 1, conversation_runon 1" in cells
+    assert "rows kept flagged: 3" in cells
+    assert not [cell for cell in cells if "{" in cell or "'" in cell]  # no Python dict reprs

@@ -96,3 +96,24 @@ def test_outside_a_step_the_attention_is_plain_sdpa() -> None:
     want, _ = sdpa_attention_forward(Module(), query, key, value, None)
     got, _ = ragged._attention(Module(), query, key, value, None)
     assert torch.equal(got, want)
+
+
+def test_the_attention_on_strided_slot_views_matches_a_float32_reference_in_every_dtype() -> None:
+    """`_attend` reads keys and values as views into the slot store (capacity-strided) with
+    an additive -inf mask for rows of different lengths; in fp32, bf16 and fp16 it gives the
+    written-out float32 softmax(q k^T * scale + mask) v."""
+    from cai.engines.ragged_attention import _attend, _bias
+
+    gen = torch.Generator().manual_seed(0)
+    lengths = torch.tensor([1, 9, 30, 47, 12])
+    for dtype, tolerance in ((torch.float32, 1e-5), (torch.bfloat16, 2e-2), (torch.float16, 2e-2)):
+        kv = torch.randn(2, 8, 3, 64, 16, generator=gen).to(dtype)  # [k/v, slots, kv heads, capacity, head dim]
+        q = torch.randn(5, 3, 6, 16, generator=gen).to(dtype)
+        bias = _bias((lengths[:, None] > torch.arange(47)[None, :])[:, None, None, :], dtype)
+        k, v = kv[0, :5, :, :47], kv[1, :5, :, :47]
+        scores = (q.float() @ k.float().transpose(-1, -2)) * 0.25 + bias.float()
+        expected = torch.softmax(scores, dim=-1) @ v.float()
+        got = _attend(q, k, v, bias, 0.25)
+        assert got.dtype == dtype
+        assert torch.allclose(got.float(), expected, atol=tolerance, rtol=tolerance), dtype
+        assert torch.allclose(got[0].float(), v[0, :, :1].float().expand(3, 6, 16), atol=tolerance)  # sees key 0 only

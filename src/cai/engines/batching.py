@@ -4,8 +4,14 @@ Callers `await generate(...)` / `await score(...)` from many concurrent sample c
 Each call only tokenizes, enqueues work items and waits on futures. One background task
 per event loop takes whatever is queued: the oldest item's group (same kind of work and,
 where the backend needs it, the same sampling parameters), sorted by length, a window
-around the oldest item so nothing starves; it runs that micro-batch in a worker thread,
-so the event loop keeps collecting requests while the model runs.
+around the oldest item so nothing starves; it runs that micro-batch in the engine's model
+thread, so the event loop keeps collecting requests while the model runs.
+
+All model work of an engine (batches, decode steps, dropping a running batch) runs in one
+OS thread of its own, the same in every event loop. PyTorch's intra-op (OpenMP) thread
+pool belongs to the thread that calls it: steps handed to whichever executor thread is
+free each build a pool of their own, whose idle workers spin and compete for the cores.
+That cost the decode loop 16-23% on a 2-core machine (BENCHMARKS.md, issue 23).
 
 Every request is checked against the model's context window (`Engine.context_window`)
 right after tokenizing: one that would not fit (prompt plus `max_tokens`, or prompt plus
@@ -32,9 +38,12 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextvars
+import functools
 import itertools
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,10 +83,19 @@ class BatchingEngine(Engine):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
-        self._running: list[WorkItem] = []  # the batch in the worker thread now
+        self._running: list[WorkItem] = []  # the batch in the model thread now
         self._seq = itertools.count()
         self._calls = itertools.count()
         self.stats: dict[str, Any] = {"batches": 0, "generated_tokens": 0, "busy_s": 0.0}
+        self._model_thread: ThreadPoolExecutor | None = None  # started on first use
+
+    async def in_model_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """`fn(*args)` in the engine's one model thread (see the module docstring), with the
+        caller's context variables, as `asyncio.to_thread` would."""
+        if self._model_thread is None:
+            self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"cai-model-{id(self):x}")
+        call = functools.partial(contextvars.copy_context().run, fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(self._model_thread, call)
 
     # ---- what subclasses provide -----------------------------------------------------
     @abc.abstractmethod
@@ -97,7 +115,7 @@ class BatchingEngine(Engine):
         raise NotImplementedError
 
     def run_step(self) -> list[tuple[WorkItem, Any]]:
-        """Continuous mode, in the worker thread: one step of the running batch; returns each
+        """Continuous mode, in the model thread: one step of the running batch; returns each
         item it finished with its result."""
         raise NotImplementedError
 
@@ -166,7 +184,7 @@ class BatchingEngine(Engine):
             await asyncio.gather(worker, return_exceptions=True)
         self._fail_waiting(EngineError(f"{self.model_id}: the engine was closed before this request was answered"))
         if self.continuous:  # after a step still running in its thread, if one is
-            await asyncio.to_thread(self.drop_running)
+            await self.in_model_thread(self.drop_running)
 
     def _fail_waiting(self, error: BaseException, items: list[WorkItem] | None = None) -> None:
         """Hand `error` to every caller still waiting (on `items`, else on everything queued)."""
@@ -218,7 +236,7 @@ class BatchingEngine(Engine):
         started = time.perf_counter()
         self._running = batch  # until answered; if aclose() cancels us meanwhile, it fails these
         try:
-            results = await asyncio.to_thread(runner, batch)
+            results = await self.in_model_thread(runner, batch)
             answers = list(zip(batch, results, strict=True))  # a wrong count fails the batch, never hangs it
         except Exception as exc:  # noqa: BLE001 - handed to every caller of this batch
             self._running = []
@@ -241,7 +259,7 @@ class BatchingEngine(Engine):
             self._running = self.in_flight()  # if aclose() cancels us meanwhile, it fails these
             started = time.perf_counter()
             try:
-                finished = await asyncio.to_thread(self.run_step)
+                finished = await self.in_model_thread(self.run_step)
             except Exception as exc:  # noqa: BLE001 - handed to every caller in the running batch
                 failed, self._running = self._running, []
                 self.drop_running()

@@ -1,7 +1,7 @@
 """Our own decode loop: continuous batching over a slot KV store, with a prefix KV cache.
 
 The transformers engine asks `admit` which waiting requests start now (on the event
-loop), then runs `step` (in a worker thread). A step is one forward pass over every
+loop), then runs `step` (in the engine's model thread). A step is one forward pass over every
 running row's next token, plus each new request's prompt (only the part the prefix
 cache lacks) and scored continuations, kept apart by `cai.engines.ragged_attention`.
 Each generating row then samples with its own parameters and its own seeded generator,
@@ -144,7 +144,7 @@ class DecodeLoop:
         with self.lock:
             self.rows, self.starting = [], []
 
-    # ---- in the worker thread -------------------------------------------------------------
+    # ---- in the model thread ---------------------------------------------------------------
     def step(self) -> list[tuple[WorkItem, Result]]:
         with self.lock, torch.inference_mode():
             starts, self.starting = self.starting, []

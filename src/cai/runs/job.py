@@ -244,6 +244,20 @@ def print_principle_table(console: Console, data: dict[str, Any], what: str) -> 
     console.print(table)
 
 
+def summary_cell(value: dict[str, Any]) -> str:
+    """A nested summary entry, one `key: value` line each; a dict of counts inside it lists its
+    non-zero counts only ("none" when all are zero)."""
+    lines = []
+    for key, item in value.items():
+        if isinstance(item, dict):
+            shown = [f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}" for k, v in item.items() if v != 0]
+            item = ", ".join(shown) or "none"
+        elif isinstance(item, int) and not isinstance(item, bool):
+            item = f"{item:,}"
+        lines.append(f"{key.replace('_', ' ')}: {item}")
+    return "\n".join(lines)
+
+
 def print_summary(console: Console, summary: dict[str, Any], run: RunDir) -> None:
     table = Table(title=f"{summary['command']} → {run.path}", show_header=False)
     for key, value in summary.items():
@@ -251,7 +265,7 @@ def print_summary(console: Console, summary: dict[str, Any], run: RunDir) -> Non
             continue
         if isinstance(value, dict):
             if value:
-                table.add_row(key.replace("_", " "), ", ".join(f"{k}: {v}" for k, v in value.items()))
+                table.add_row(key.replace("_", " "), escape(summary_cell(value)))
             continue
         table.add_row(key.replace("_", " "), f"{value:,}" if isinstance(value, int) else str(value))
     for name, count in summary["files"].items():

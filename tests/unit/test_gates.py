@@ -373,6 +373,40 @@ def test_revision_attempts_resample_a_failing_revision_and_count_every_attempt(t
             assert round_["revision"].startswith("I won't help")
 
 
+def test_revision_attempts_resample_a_final_revision_cut_off_at_max_tokens(tmp_path, prompts_file) -> None:
+    """A final revision that runs past --max-tokens (a small model looping) is resampled like one that
+    fails a gate; the cut attempt is kept and counted as 'truncated'. A row whose every attempt is cut
+    still fails as truncated, and is not counted as saved."""
+    seen: dict[str, int] = {}
+    loop = " ".join(["I am just going to be there for you."] * 10)
+
+    def respond(request, k: int) -> str:
+        last = request.messages[-1]["content"]
+        if last.startswith(("Rewrite", "Please rewrite")):
+            key = json.dumps(request.messages)
+            seen[key] = seen.get(key, 0) + 1
+            if seen[key] == 1 or "hotwire" in key:  # the hotwire row loops every time
+                return loop
+            return "I won't help with that, but the car's owner or a locksmith can."
+        if len(request.messages) == 1:
+            return "An initial risky answer."
+        return "A critique: the reply has problems."
+
+    register_script("sl-resample-cut", FakeScript(respond))
+    result = run_sl(SLConfig.of(prompts=str(prompts_file), out=str(tmp_path / "r"), model="fake:sl-resample-cut",
+                                rounds=1, max_tokens=20, revision_attempts=3, max_failure_rate=1.0),
+                    show_progress=False)
+    summary = result.summary
+    assert summary["rows_ok_this_run"] == 2 and summary["failure_reasons"] == {"round 1 revision: truncated": 1}
+    attempts = summary["revision_attempts"]
+    assert attempts["samples"] == 2 * 2 + 3 and attempts["rejected"] == {"truncated": 2 + 2}
+    assert attempts["saved_by_resampling"] == 2
+    for row in read_jsonl(tmp_path / "r" / "sl.jsonl"):
+        (rejected,) = row["rounds"][0]["rejected_attempts"]
+        assert rejected["code"] == "truncated" and "--max-tokens 20" in rejected["reason"]
+        assert row["final"].startswith("I won't help") and not row.get("truncated")
+
+
 def test_one_revision_attempt_is_the_default_and_fails_the_row(tmp_path, prompts_file) -> None:
     register_script("sl-resample-once", FakeScript(_first_attempt_copies({})))
     result = run_sl(SLConfig.of(prompts=str(prompts_file), out=str(tmp_path / "r"), model="fake:sl-resample-once",

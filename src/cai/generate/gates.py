@@ -248,8 +248,8 @@ def attempt_summary(entries: Iterable[tuple[str, dict[str, Any]]], allowed: int)
             samples += 1 + len(earlier)
             for attempt in earlier:
                 rejected[attempt["code"]] = rejected.get(attempt["code"], 0) + 1
-            failed_review = (status != "ok" and record.get("stage") == f"round {round_['round']} revision"
-                             and record.get("code") != "truncated")  # the last attempt failed too
+            # the last attempt failed too (a gate, a defect, or cut off at --max-tokens)
+            failed_review = status != "ok" and record.get("stage") == f"round {round_['round']} revision"
             saved += bool(earlier) and not failed_review
     return {"allowed": allowed, "revisions": revisions, "samples": samples, "rejected": rejected,
             "saved_by_resampling": saved,

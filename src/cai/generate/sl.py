@@ -74,7 +74,8 @@ class RevisionOptions(Options):
         1, help="Sample each revision up to this many times (each attempt with its own seed) until one passes the "
                 "defect checks and the quality gates. Every rejected attempt stays in the round's trace "
                 "(rejected_attempts) and is counted in the summary (revision_attempts). 1: no resampling. A "
-                "truncated final revision is never resampled: it fails as 'truncated'.")
+                "final revision cut off at --max-tokens is resampled too (code 'truncated'); if every attempt is cut, "
+                "the row fails as 'truncated'.")
     gates: str = option("default", choices=tuple(POLICIES),
                         help="Revision quality gates. 'default': a revision that copies the critique fails its row "
                              "(copies_critique); unchanged, refusal_only and conversation_runon (cut at the new "
@@ -120,11 +121,20 @@ class SLChain:
             revision = await self._ask(messages, self._params(row, step))
             review = review_revision(cleanup_revision(revision.text), reply=conversation[-1]["content"],
                                      critique=critique.text, principle=principle, policy=self.settings.gates)
-            if review.failure is None or attempt == attempts:
+            cut = self._cut_final(number, revision)
+            if (review.failure is None and cut is None) or attempt == attempts:
                 return revision, review, rejected
-            rejected.append({"attempt": attempt, "code": review.failure.code, "reason": review.failure.message,
+            code, reason = (review.failure.code, review.failure.message) if review.failure else ("truncated", cut)
+            rejected.append({"attempt": attempt, "code": code, "reason": reason,
                              "revision_raw": revision.text, "usage": _usage(revision)})
         raise AssertionError("unreachable: the last attempt returns")
+
+    def _cut_final(self, number: int, revision: Completion) -> str | None:
+        """Why the final round's revision fails as cut off at --max-tokens (None if it does not: it
+        finished, it is not the last round's, or --keep-truncated keeps it)."""
+        if revision.finish_reason != "length" or number != self.settings.rounds or self.settings.keep_truncated:
+            return None
+        return f"the final revision was cut off at --max-tokens {self.settings.max_tokens}"
 
     async def __call__(self, row: PromptRow) -> dict[str, Any]:
         trace: dict[str, Any] = {"id": row.id, "source": row.source, "messages": row.messages, "rounds": []}
@@ -156,10 +166,9 @@ class SLChain:
             conversation = conversation + [user(principle.critique), assistant(critique.text),
                                            user(principle.revision), assistant(review.text)]
         if revision.finish_reason == "length":  # the SFT target would end mid-sentence
-            if not self.settings.keep_truncated:
-                raise ChainFailure(f"round {len(principles)} revision",
-                                   f"the final revision was cut off at --max-tokens {self.settings.max_tokens}",
-                                   trace, code="truncated")
+            cut = self._cut_final(len(principles), revision)
+            if cut is not None:
+                raise ChainFailure(f"round {len(principles)} revision", cut, trace, code="truncated")
             trace["truncated"] = True
         trace["final"] = conversation[-1]["content"]
         trace["principle_ids"] = [p.id for p in principles]

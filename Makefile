@@ -73,7 +73,7 @@ test: setup
 	$(VENV)/bin/lint-imports --no-cache
 	# two workers, a test file each at a time (a file's module fixtures, servers and clusters stay in one
 	# process): much of the suite waits on subprocesses, servers and Ray, so two overlap on 2 cores
-	$(PY) -m pytest -q -ra -n 2 --dist loadfile
+	$(PY) -m pytest -q -ra -n 2 --dist loadfile --durations=25
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"

@@ -36,9 +36,17 @@ def env(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 
 def spawn(args: list[str], environ: dict[str, str]) -> subprocess.Popen[str]:
-    """Start `cai <args>` in its own process group (so a signal reaches only it)."""
+    """Start `cai <args>` in its own process group (so a signal reaches only it), with SIGINT's
+    default action, as a program started in a terminal has: an ignored SIGINT is inherited across
+    exec, and a library in the test process (or an xdist worker) may have left it ignored, which
+    made Ctrl-C a no-op in the full suite."""
     return subprocess.Popen([*FAKE_CAI, *map(str, args)], cwd=ROOT, env=environ, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=_default_sigint)
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def run(args: list[str], environ: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:

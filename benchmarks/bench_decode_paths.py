@@ -46,13 +46,6 @@ def cpu_line() -> str:
     return f"{model}, {os.cpu_count()} CPUs, flags: {' '.join(shown) or 'n/a'}"
 
 
-def paged_cache_cap():
-    """A fixed paged cache for generate_batch (it otherwise sizes one from free memory; issue 23)."""
-    from transformers.generation.configuration_utils import ContinuousBatchingConfig
-
-    return ContinuousBatchingConfig(num_blocks=128, max_batch_tokens=2048)
-
-
 def count_new(tokens: list[int], eos: set[int]) -> int:
     for i, t in enumerate(tokens):
         if t in eos:
@@ -113,16 +106,10 @@ def main() -> None:
         return sum(count_new(row, plain.eos_ids) for row in out[:, x.shape[1]:].tolist()), seconds
 
     def transformers_cb() -> tuple[int, float]:
-        from transformers import GenerationConfig
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        from bench_sl_throughput import run_hf_cb  # the same capped paged cache as the SL benchmark's row (h)
 
-        config = GenerationConfig(max_new_tokens=args.max_tokens, do_sample=False, eos_token_id=sorted(plain.eos_ids),
-                                  pad_token_id=plain.tokenizer.pad_token_id)
-        started = time.perf_counter()
-        with torch.inference_mode():
-            out = plain.model.generate_batch(inputs=ids, generation_config=config, progress_bar=False,
-                                            continuous_batching_config=paged_cache_cap())
-        seconds = time.perf_counter() - started
-        return sum(count_new(list(o.generated_tokens), plain.eos_ids) for o in out.values()), seconds
+        return run_hf_cb(plain, requests)
 
     rows = {"loop": ("loop: decode loop (default)", engine_row(loop)),
             "plain": ("plain: -E continuous=false", engine_row(plain)),

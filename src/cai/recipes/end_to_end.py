@@ -31,6 +31,7 @@ from rich.table import Table
 
 from cai.core.errors import ConfigError
 from cai.core.options import Options, at_least, option
+from cai.generate.gates import POLICIES
 
 #: the human-labelled pairs the evaluation judge is checked on (hh-rlhf, MIT; see samples/LICENSE-hh-rlhf.txt)
 HUMAN_PAIRS = "hh_rlhf_harmless_100.jsonl"
@@ -53,15 +54,15 @@ class RecipeConfig(Options):
     #: labels are nearly all below 0.1, so it keeps every labelled pair.
     min_margin: float = option(0.0, help="Drop RL pairs with |2p-1| below this (the recipe trains on soft "
                                          "labels, so it keeps them all by default).")
-    #: at demo scale (--max-tokens 64) many final revisions are cut off; the recipe keeps
-    #: them (flagged `truncated` in sl.jsonl) rather than train on nothing
     #: a 135M model's revisions often copy its critique: the recipe resamples them, then keeps what
     #: still fails a gate flagged (counted in sl/summary.json) rather than train on nothing
     revision_attempts: int = option(3, help="Resample a revision that fails the quality gates up to this many "
                                             "times (cai sl --revision-attempts).")
-    gates: str = option("keep", choices=("default", "keep", "strict"),
+    gates: str = option("keep", choices=tuple(POLICIES),
                         help="cai sl --gates: 'keep' (the recipe's default at demo scale) keeps revisions that fail a "
                              "gate, flagged; 'default' fails rows whose revision copies its critique.")
+    #: at demo scale (--max-tokens 64) many final revisions are cut off; the recipe keeps
+    #: them (flagged `truncated` in sl.jsonl) rather than train on nothing
     keep_truncated: bool = option(True, help="Keep final revisions cut off at --max-tokens (flagged) rather than "
                                              "train on nothing at demo scale.")
     evaluate: bool = option(True, help="End with `cai eval models` of the starting, SFT and DPO models (and the "

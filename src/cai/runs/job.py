@@ -244,17 +244,19 @@ def print_principle_table(console: Console, data: dict[str, Any], what: str) -> 
     console.print(table)
 
 
+def shown(value: Any) -> str:
+    """A summary value as printed: counts with thousands separators, anything else as it is."""
+    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
+
+
 def summary_cell(value: dict[str, Any]) -> str:
     """A nested summary entry, one `key: value` line each; a dict of counts inside it lists its
     non-zero counts only ("none" when all are zero)."""
     lines = []
     for key, item in value.items():
         if isinstance(item, dict):
-            shown = [f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}" for k, v in item.items() if v != 0]
-            item = ", ".join(shown) or "none"
-        elif isinstance(item, int) and not isinstance(item, bool):
-            item = f"{item:,}"
-        lines.append(f"{key.replace('_', ' ')}: {item}")
+            item = ", ".join(f"{k} {shown(v)}" for k, v in item.items() if v != 0) or "none"
+        lines.append(f"{key.replace('_', ' ')}: {shown(item)}")
     return "\n".join(lines)
 
 
@@ -267,7 +269,7 @@ def print_summary(console: Console, summary: dict[str, Any], run: RunDir) -> Non
             if value:
                 table.add_row(key.replace("_", " "), escape(summary_cell(value)))
             continue
-        table.add_row(key.replace("_", " "), f"{value:,}" if isinstance(value, int) else str(value))
+        table.add_row(key.replace("_", " "), shown(value))
     for name, count in summary["files"].items():
         table.add_row(f"wrote {name}", f"{count:,} rows")
     for reason, count in sorted(summary["failure_reasons"].items(), key=lambda kv: -kv[1])[:10]:

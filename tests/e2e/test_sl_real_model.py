@@ -77,6 +77,31 @@ def test_revision_gates_account_for_every_row_on_the_real_model(tmp_path) -> Non
         assert row["final"] == row["rounds"][0]["revision"] and row["final"].strip()
 
 
+def test_revision_attempts_resample_revisions_cut_off_at_max_tokens_on_the_real_model(tmp_path) -> None:
+    """At --max-tokens 8 every revision the embedded model writes runs past the budget: each row samples
+    its revision --revision-attempts times, every cut attempt is kept and counted as 'truncated', and
+    the row fails as truncated, not as saved."""
+    samples = resources.files("cai") / "samples" / "sample_prompts.jsonl"
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(samples.read_text("utf-8").splitlines(keepends=True)[:2]), "utf-8")
+    out = tmp_path / "cut"
+    proc = cai("sl", "--prompts", str(prompts), "--out", str(out), "--rounds", "1", "--max-tokens", "8",
+               "--revision-attempts", "2", "--gates", "keep", "--max-failure-rate", "1", "--quiet")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    failures = read_jsonl(out / "failures.jsonl")
+    cut = [f for f in failures if f["code"] == "truncated"]
+    assert cut, failures
+    attempts = summary["revision_attempts"]
+    assert attempts["rejected"].get("truncated", 0) >= len(cut)
+    assert attempts["samples"] == attempts["revisions"] + sum(attempts["rejected"].values())
+    assert attempts["saved_by_resampling"] + len(cut) <= attempts["revisions"]
+    for failure in cut:
+        (rejected,) = failure["trace"]["rounds"][0]["rejected_attempts"]
+        assert rejected["code"] == "truncated" and "--max-tokens 8" in rejected["reason"]
+        assert failure["trace"]["rounds"][0]["revision_finish"] == "length"
+
+
 def _calls(db: Path) -> int:
     if not db.exists():
         return 0
